@@ -1,0 +1,233 @@
+"""Leaf: the value types handed along the data path. Imports nothing from the package.
+
+All are frozen, slotted dataclasses (cheap, immutable, safe to share across
+threads): :class:`ChatRequest` goes down the path, a provider hands back a
+:class:`Reply`, ``classify`` turns it into a :class:`Verdict`, the chain records an
+:class:`Attempt` per try, and the caller gets a :class:`ChatResponse`.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "Attempt",
+    "BreakerVote",
+    "ChatRequest",
+    "ChatResponse",
+    "Completion",
+    "ErrorBody",
+    "LimiterSnapshot",
+    "Outcome",
+    "ProviderStats",
+    "Reply",
+    "Usage",
+    "Verdict",
+]
+
+
+class Outcome(str, enum.Enum):
+    """What one attempt on one provider came to (``Attempt.outcome``)."""
+
+    OK = "ok"
+    RATE_LIMITED = "rate_limited"
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    ERROR = "error"
+    TIMEOUT = "timeout"
+    CIRCUIT_OPEN = "circuit_open"
+    COOLING_DOWN = "cooling_down"
+    BUSY = "busy"
+    BAD_REQUEST = "bad_request"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class BreakerVote(str, enum.Enum):
+    """How an outcome counts for the provider's circuit breaker."""
+
+    SUCCESS = "success"
+    FAILURE = "failure"
+    IGNORE = "ignore"
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    """One chat call, as the caller asked for it (wire-format neutral).
+
+    ``params`` holds any extra body fields (``top_p``, ``stop``, ``tools`` ...),
+    passed to the provider as they are.
+    """
+
+    messages: Sequence[Mapping[str, Any]]
+    max_tokens: int | None = None
+    temperature: float | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+    stream: bool = False
+
+    def prompt_chars(self) -> int:
+        """Characters of message text, for the token estimate."""
+        total = 0
+        for message in self.messages:
+            content = message.get("content")
+            if isinstance(content, str):
+                total += len(content)
+            elif isinstance(content, list):
+                for part in content:
+                    if isinstance(part, Mapping) and isinstance(part.get("text"), str):
+                        total += len(part["text"])
+        return total
+
+    def estimate_tokens(self) -> int:
+        """Tokens charged before the call: prompt characters / 4 + ``max_tokens``."""
+        return self.prompt_chars() // 4 + 1 + (self.max_tokens or 0)
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage a provider reported for one call."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """The parsed success body of a provider answer."""
+
+    content: str
+    model: str | None = None
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorBody:
+    """The error object a provider put in its body (any of the fields may be absent)."""
+
+    code: str | None = None
+    type: str | None = None
+    message: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """One HTTP answer, as a provider's transport hands it up (before classification).
+
+    ``headers`` has lower-case names. ``completion`` is set only when the body
+    parsed as the wire format's success shape; ``error`` when it held an error
+    object. ``excerpt`` is a short, printable start of the body for messages.
+    """
+
+    status: int
+    headers: Mapping[str, str]
+    completion: Completion | None = None
+    error: ErrorBody | None = None
+    excerpt: str = ""
+    elapsed: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """What ``classify`` decided about one answer (or one transport failure).
+
+    ``retry_after``: seconds the server asked us to wait before the next try
+    (``None``: it did not say). ``cooldown``: seconds during which nobody
+    should be admitted to this provider (``None``: no cooldown).
+    ``retry_same``: worth another try on the same provider.
+    """
+
+    outcome: Outcome
+    breaker: BreakerVote
+    retry_same: bool
+    retry_after: float | None = None
+    cooldown: float | None = None
+    message: str = ""
+    code: str | None = None
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    """One try on one provider (or one skip), as recorded by the chain."""
+
+    provider: str
+    outcome: Outcome
+    error: BaseException | None = None
+    elapsed: float = 0.0
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ChatResponse:
+    """The answer to ``Client.chat``: the text, who gave it, and how it got there."""
+
+    content: str
+    provider: str
+    model: str
+    attempts: tuple[Attempt, ...] = ()
+    usage: Usage | None = None
+    finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimiterSnapshot:
+    """A consistent view of one limiter at one moment.
+
+    ``tokens``: requests the bucket would admit now (``None``: no rate limit).
+    ``llm_tokens``: LLM tokens left in the ``tokens_per_minute`` budget
+    (``None``: no budget). ``cooldown_remaining`` and ``next_start_in`` are seconds.
+    """
+
+    in_flight: int
+    queued: int
+    max_concurrent: int | None
+    requests_per_minute: float | None
+    burst: int
+    min_interval: float
+    tokens_per_minute: float | None
+    tokens: float | None
+    llm_tokens: float | None
+    cooldown_remaining: float
+    next_start_in: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderStats:
+    """Per-provider figures from ``Client.stats()`` (this process's counts).
+
+    With a Redis backend, ``shared`` holds the figures every process sees.
+    """
+
+    name: str
+    in_flight: int
+    queued: int
+    breaker_state: str
+    requests: int = 0
+    ok: int = 0
+    rate_limited: int = 0
+    errors: int = 0
+    retries: int = 0
+    fallbacks: int = 0
+    tokens_available: float | None = None
+    cooldown_remaining: float = 0.0
+    wait_p50: float = 0.0
+    wait_p95: float = 0.0
+    limits: Mapping[str, Any] = field(default_factory=dict)
+    shared: Mapping[str, Any] | None = None
+
+    @property
+    def counters(self) -> dict[str, int]:
+        """The counters as a dict: requests, ok, rate_limited, errors, retries, fallbacks."""
+        return {
+            "requests": self.requests,
+            "ok": self.ok,
+            "rate_limited": self.rate_limited,
+            "errors": self.errors,
+            "retries": self.retries,
+            "fallbacks": self.fallbacks,
+        }
