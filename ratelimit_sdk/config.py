@@ -387,6 +387,7 @@ def translate_validation_error(exc: ValidationError) -> ConfigError:
         if error.get("type") == "extra_forbidden":
             message = "unknown field"
         message = message.removeprefix("Value error, ")
-        lines.append(f"{field}: {message}{_show_input(loc, error.get('input'))}")
+        shown = _show_input(loc, error.get("input"))
+        lines.append(f"{message}{shown}" if not loc else f"{field}: {message}{shown}")
     text = lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)
     return ConfigError(text, field=first_field)
