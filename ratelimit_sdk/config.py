@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -32,6 +33,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -48,11 +50,29 @@ __all__ = [
     "translate_validation_error",
 ]
 
-_SECRET_FIELDS = frozenset({"api_key", "headers"})
+# Fields whose values never appear in an error message. ``api_key_env`` is here
+# because the only way it fails validation is by not looking like a variable
+# name, and then it is most likely the key itself pasted into the wrong field.
+_SECRET_FIELDS = frozenset({"api_key", "api_key_env", "headers"})
+
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+    """Settings shared by every model.
+
+    Unknown fields are errors (typos), numbers must be finite ("no limit" is
+    spelled ``None``), and pydantic's own messages never echo an input
+    (``api_key`` included) when a model is constructed directly.
+    """
+
+    model_config = ConfigDict(
+        extra="forbid",
+        validate_assignment=True,
+        frozen=False,
+        allow_inf_nan=False,
+        hide_input_in_errors=True,
+    )
 
 
 class LimitsConfig(_Model):
@@ -93,7 +113,7 @@ class LimitsConfig(_Model):
     )
 
     def limiter_kwargs(self) -> dict[str, Any]:
-        """The fields a :class:`~ratelimit_sdk.limiter.Limiter` takes."""
+        """Return the fields a :class:`~ratelimit_sdk.limiter.Limiter` takes, as keywords."""
         return {
             "max_concurrent": self.max_concurrent,
             "requests_per_minute": self.requests_per_minute,
@@ -157,10 +177,17 @@ class ProviderConfig(_Model):
     api: Literal["openai", "anthropic"] = Field(
         default="openai", description="Wire format: OpenAI chat completions or Anthropic."
     )
-    api_key: SecretStr | None = None
-    api_key_env: str | None = Field(default=None, min_length=1)
+    api_key: SecretStr | None = Field(
+        default=None, description="The API key itself (never shown in a repr or message)."
+    )
+    api_key_env: str | None = Field(
+        default=None, description="Name of the environment variable holding the key."
+    )
     headers: dict[str, str] = Field(
-        default_factory=dict, repr=False, description="Extra HTTP headers for every request."
+        default_factory=dict,
+        repr=False,
+        description="Extra HTTP headers for every request (may hold secrets: never shown, "
+        "and masked like api_key in a JSON dump).",
     )
     priority: int = Field(default=100, description="Lower goes first in the default chain.")
     pool: str | None = Field(default=None, description="Also draw from this shared pool.")
@@ -180,8 +207,29 @@ class ProviderConfig(_Model):
             raise ValueError("must not carry credentials; use api_key or api_key_env")
         return value.rstrip("/")
 
+    @field_serializer("headers", when_used="json")
+    def _mask_headers(self, headers: dict[str, str]) -> dict[str, str]:
+        return dict.fromkeys(headers, "**********")
+
+    @field_validator("api_key")
+    @classmethod
+    def _check_api_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and not value.get_secret_value().strip():
+            raise ValueError("must not be empty (leave it out to send no key)")
+        return value
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _check_api_key_env(cls, value: str | None) -> str | None:
+        if value is not None and not _ENV_NAME.fullmatch(value):
+            raise ValueError(
+                "must be the name of an environment variable (letters, digits and _), "
+                "not the key itself"
+            )
+        return value
+
     def resolve_api_key(self, environ: Mapping[str, str] | None = None) -> str | None:
-        """The key to send: ``api_key``, else the ``api_key_env`` variable, else ``None``.
+        """Return the key to send: ``api_key``, else the ``api_key_env`` variable, else ``None``.
 
         Raises :class:`ConfigError` when ``api_key_env`` names an unset variable.
         """
@@ -192,11 +240,15 @@ class ProviderConfig(_Model):
         env = os.environ if environ is None else environ
         value = env.get(self.api_key_env)
         if not value:
-            raise ConfigError(
-                f"providers[{self.name}].api_key_env: environment variable "
-                f"{self.api_key_env!r} is not set",
-                field="api_key_env",
+            # A lower-case "name" may well be a key pasted into the wrong field.
+            shown = (
+                repr(self.api_key_env)
+                if self.api_key_env == self.api_key_env.upper()
+                else "(name not shown: it is lower-case; is it the key itself?)"
             )
+            field = f"providers[{self.name}].api_key_env"
+            state = "is empty" if value == "" else "is not set"
+            raise ConfigError(f"{field}: environment variable {shown} {state}", field=field)
         return value
 
 
@@ -239,42 +291,56 @@ class ClientConfig(_Model):
 
     @model_validator(mode="after")
     def _check_references(self) -> ClientConfig:
+        # Raised as ConfigError (a ValueError, so pydantic wraps it); the
+        # translation below takes the field from it.
         names = [p.name for p in self.providers]
         seen: set[str] = set()
         for name in names:
             if name in seen:
-                raise ValueError(f"providers: duplicate provider name {name!r}")
+                raise ConfigError(f"providers: duplicate provider name {name!r}", field="providers")
             seen.add(name)
         for chain_name, members in self.chains.items():
+            field = f"chains.{chain_name}"
             if not members:
-                raise ValueError(f"chains.{chain_name}: a chain needs at least one provider")
+                raise ConfigError(
+                    f"{field}: a chain needs at least one provider (got [])", field=field
+                )
+            listed: set[str] = set()
             for member in members:
                 if member not in seen:
-                    raise ValueError(
-                        f"chains.{chain_name}: unknown provider {member!r} "
-                        f"(known: {', '.join(names)})"
+                    raise ConfigError(
+                        f"{field}: unknown provider {member!r} (known: {', '.join(names)})",
+                        field=field,
                     )
-            if len(set(members)) != len(members):
-                raise ValueError(f"chains.{chain_name}: a provider is listed twice")
+                if member in listed:
+                    raise ConfigError(f"{field}: provider {member!r} is listed twice", field=field)
+                listed.add(member)
         for provider in self.providers:
             if provider.pool is None:
                 continue
             pool = self.pools.get(provider.pool)
             if pool is None:
-                raise ValueError(
-                    f"providers[{provider.name}].pool: unknown pool {provider.pool!r}"
+                field = f"providers[{provider.name}].pool"
+                known = ", ".join(self.pools) or "none defined"
+                raise ConfigError(
+                    f"{field}: unknown pool {provider.pool!r} (known: {known})", field=field
                 )
             if pool.max_concurrent is not None and provider.pool_units > pool.max_concurrent:
-                raise ValueError(
-                    f"providers[{provider.name}].pool_units: {provider.pool_units} is more "
-                    f"than pool {provider.pool!r} holds ({pool.max_concurrent})"
+                field = f"providers[{provider.name}].pool_units"
+                raise ConfigError(
+                    f"{field}: {provider.pool_units} is more than pool {provider.pool!r} "
+                    f"holds ({pool.max_concurrent})",
+                    field=field,
                 )
         return self
 
     # -- look-ups -------------------------------------------------------------------
 
     def provider(self, name: str) -> ProviderConfig:
-        """The provider called ``name`` (or whose ``model`` is ``name``); ConfigError if none."""
+        """Return the provider called ``name``, else the first whose ``model`` is ``name``.
+
+        Raises :class:`ConfigError` naming the known providers if there is none.
+        """
         for provider in self.providers:
             if provider.name == name:
                 return provider
@@ -288,7 +354,11 @@ class ClientConfig(_Model):
         )
 
     def chain(self, name: str = "default") -> list[str]:
-        """Provider names of the chain ``name``; ``default`` is all providers by priority."""
+        """Return the provider names of the chain ``name``, in order.
+
+        ``default``, unless configured, is every provider by ``priority`` (lower first,
+        ties in the order listed). An unknown name raises :class:`ConfigError`.
+        """
         if name in self.chains:
             return list(self.chains[name])
         if name == "default":
@@ -308,86 +378,204 @@ class ClientConfig(_Model):
 
     @classmethod
     def load(cls, obj: ClientConfig | Mapping[str, Any]) -> ClientConfig:
-        """A ``ClientConfig`` from a model or a plain dict; errors become ConfigError."""
+        """Build a ``ClientConfig`` from a model (returned as is) or a plain dict.
+
+        Plain dicts may stand for any nested model. Every validation error becomes
+        one :class:`ConfigError` naming the fields and values (never a secret).
+        """
         if isinstance(obj, ClientConfig):
             return obj
         if not isinstance(obj, Mapping):
             raise ConfigError(
-                f"config: expected a ClientConfig or a mapping, got {type(obj).__name__}"
+                f"config: expected a ClientConfig or a mapping, got {type(obj).__name__}",
+                field="config",
             )
+        data = dict(obj)
         try:
-            return cls.model_validate(dict(obj))
+            return cls.model_validate(data)
         except ValidationError as exc:
-            raise translate_validation_error(exc) from None
+            raise translate_validation_error(exc, data) from None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> ClientConfig:
-        """Read YAML (``.yaml``/``.yml``), TOML (``.toml``) or JSON (``.json``)."""
-        return cls.load(_read_file(Path(path)))
+        """Read YAML (``.yaml``/``.yml``), TOML (``.toml``) or JSON (``.json``).
+
+        The three formats share one schema. A missing or unreadable file, an
+        unknown suffix, malformed text, a repeated key, a top level that is not a
+        mapping and every invalid value raise :class:`ConfigError`.
+        """
+        file = Path(path)
+        data = _read_file(file)
+        try:
+            return cls.load(data)
+        except ConfigError as exc:
+            raise ConfigError(f"config file {str(file)!r}: {exc}", field=exc.field) from None
+
+
+_SUFFIXES = {".yaml": "YAML", ".yml": "YAML", ".toml": "TOML", ".json": "JSON"}
 
 
 def _read_file(path: Path) -> Mapping[str, Any]:
-    suffix = path.suffix.lower()
+    where = f"config file {str(path)!r}"
+    kind = _SUFFIXES.get(path.suffix.lower())
+    if kind is None:
+        raise ConfigError(
+            f"{where}: unknown format {path.suffix or '(no suffix)'!r}; "
+            "use .yaml, .yml, .toml or .json",
+            field="path",
+        )
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {str(path)!r}") from None
+        raise ConfigError(f"{where} not found", field="path") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {str(path)!r}: {exc}") from None
+        raise ConfigError(f"cannot read {where}: {exc}", field="path") from None
     try:
-        if suffix in (".yaml", ".yml"):
-            import yaml
-
-            data: Any = yaml.safe_load(text)
-        elif suffix == ".toml":
-            if sys.version_info >= (3, 11):
-                import tomllib
-            else:  # pragma: no cover - exercised on 3.10 only
-                import tomli as tomllib
-            data = tomllib.loads(text)
-        elif suffix == ".json":
-            data = json.loads(text)
-        else:
-            raise ConfigError(
-                f"config file {str(path)!r}: unknown format {suffix or '(no suffix)'!r}; "
-                "use .yaml, .yml, .toml or .json"
-            )
-    except ConfigError:
-        raise
+        data = _parse(kind, text)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}", field="path") from None
     except Exception as exc:  # each parser has its own error types
-        raise ConfigError(f"config file {str(path)!r} is not valid {suffix[1:]}: {exc}") from None
+        raise ConfigError(
+            f"{where} is not valid {kind}: {_parse_error_text(exc)}", field="path"
+        ) from None
     if not isinstance(data, Mapping):
         raise ConfigError(
-            f"config file {str(path)!r}: the top level must be a mapping, "
-            f"got {type(data).__name__}"
+            f"{where}: the top level must be a mapping, got {type(data).__name__}",
+            field="path",
         )
     return data
 
 
-def _show_input(loc: tuple[Any, ...], value: Any) -> str:
+def _parse(kind: str, text: str) -> Any:
+    if kind == "TOML":  # TOML itself forbids repeated keys
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - exercised on 3.10 only
+            import tomli as tomllib  # type: ignore[import-not-found, unused-ignore]
+        return tomllib.loads(text)
+    if kind == "JSON":
+        return json.loads(text, object_pairs_hook=_unique_keys)
+    import yaml
+
+    class _UniqueKeyLoader(yaml.SafeLoader):
+        """PyYAML's safe loader, except that a repeated key is an error, not "last wins"."""
+
+    def construct_mapping(loader: yaml.SafeLoader, node: yaml.MappingNode) -> dict[Any, Any]:
+        loader.flatten_mapping(node)
+        pairs = [
+            (loader.construct_object(key, deep=True), loader.construct_object(value, deep=True))
+            for key, value in node.value
+        ]
+        return _unique_keys(pairs)
+
+    _UniqueKeyLoader.add_constructor(
+        yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, construct_mapping
+    )
+    return yaml.load(text, Loader=_UniqueKeyLoader)  # a SafeLoader: no arbitrary objects
+
+
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    result: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in result:
+            raise ConfigError(f"key {key!r} appears twice in one mapping")
+        result[key] = value
+    return result
+
+
+def _parse_error_text(exc: Exception) -> str:
+    """Describe a parse error by its complaint and position, without the offending line.
+
+    PyYAML quotes the line it choked on, which may hold an API key.
+    JSON's and TOML's messages carry only the position.
+    """
+    problem = getattr(exc, "problem", None)
+    mark = getattr(exc, "problem_mark", None)
+    if problem is not None or mark is not None:  # a PyYAML MarkedYAMLError
+        position = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        return f"{problem or type(exc).__name__}{position}"
+    if isinstance(exc, (ValueError, ArithmeticError)):
+        return str(exc)
+    return type(exc).__name__
+
+
+def _index_names(source: Mapping[str, Any] | None) -> dict[int, str]:
+    """Map provider list index -> name, so messages say ``providers[kimi]``."""
+    providers = source.get("providers") if source is not None else None
+    if not isinstance(providers, (list, tuple)):
+        return {}
+    names: dict[int, str] = {}
+    for index, item in enumerate(providers):
+        name = item.get("name") if isinstance(item, Mapping) else getattr(item, "name", None)
+        if isinstance(name, str) and name:
+            names[index] = name
+    return names
+
+
+def _field_path(loc: tuple[Any, ...], names: Mapping[int, str]) -> str:
+    path = ""
+    for position, part in enumerate(loc):
+        if isinstance(part, int):
+            label = names.get(part, str(part)) if position == 1 and loc[0] == "providers" else part
+            path += f"[{label}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def _show_input(loc: tuple[Any, ...], value: Any, error_type: str) -> str:
+    if error_type == "extra_forbidden":  # a misspelt "api_key" would show the key
+        return ""
     if any(part in _SECRET_FIELDS for part in loc):
         return ""
     if isinstance(value, (Mapping, list, tuple, set)):
-        return ""
+        return " (got an empty one)" if not value else ""
+    if isinstance(value, str) and "@" in value:
+        value = _strip_userinfo(value)
     text = repr(value)
     if len(text) > 80:
         text = text[:77] + "..."
     return f" (got {text})"
 
 
-def translate_validation_error(exc: ValidationError) -> ConfigError:
-    """One :class:`ConfigError` naming each failing field and its value (never a secret)."""
+def _strip_userinfo(url: str) -> str:
+    """``https://user:pass@host/x`` -> ``https://***@host/x``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "***"
+    if not parts.netloc or "@" not in parts.netloc:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    return parts._replace(netloc=f"***@{host}").geturl()
+
+
+def translate_validation_error(
+    exc: ValidationError, source: Mapping[str, Any] | None = None
+) -> ConfigError:
+    """One :class:`ConfigError` naming each failing field and its value (never a secret).
+
+    ``source`` is the data that failed, used only to name providers
+    (``providers[kimi].limits.burst`` rather than ``providers[0].limits.burst``).
+    ``ConfigError.field`` is the first failing field.
+    """
+    names = _index_names(source)
     lines = []
     first_field = None
     for error in exc.errors(include_url=False):
         loc = tuple(error.get("loc", ()))
-        field = ".".join(str(part) for part in loc) or "config"
+        error_type = str(error.get("type", ""))
+        cause = (error.get("ctx") or {}).get("error")
+        if isinstance(cause, ConfigError):  # our own model-level checks
+            first_field = first_field or cause.field
+            lines.append(str(cause))
+            continue
+        field = _field_path(loc, names) or "config"
         first_field = first_field or field
         message = str(error.get("msg", "invalid value"))
-        if error.get("type") == "extra_forbidden":
-            message = "unknown field"
+        if error_type == "extra_forbidden":
+            message = "unknown field (a typo?)"
         message = message.removeprefix("Value error, ")
-        shown = _show_input(loc, error.get("input"))
-        lines.append(f"{message}{shown}" if not loc else f"{field}: {message}{shown}")
+        lines.append(f"{field}: {message}{_show_input(loc, error.get('input'), error_type)}")
     text = lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)
     return ConfigError(text, field=first_field)

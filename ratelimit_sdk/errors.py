@@ -49,8 +49,10 @@ def _rebuild(cls: type[RateLimitSDKError], message: str, kwargs: dict[str, Any])
 class RateLimitSDKError(Exception):
     """Base class of every error the SDK raises on purpose.
 
-    Subclasses keep their keyword attributes in ``_kwargs`` so that pickling
-    round-trips them (an ``Exception`` otherwise pickles only ``args``).
+    Subclasses keep their keyword arguments in ``_kwargs`` so that pickling
+    rebuilds them through ``__init__`` (an ``Exception`` otherwise pickles only
+    ``args``); attributes set later (and ``add_note`` notes) travel as state.
+    ``str()`` is the message.
     """
 
     def __init__(self, message: str = "", **kwargs: Any) -> None:
@@ -59,7 +61,7 @@ class RateLimitSDKError(Exception):
         self._kwargs = kwargs
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (type(self), self.message, self._kwargs))
+        return (_rebuild, (type(self), self.message, self._kwargs), dict(self.__dict__))
 
     def __str__(self) -> str:
         return self.message
