@@ -1,0 +1,232 @@
+"""Stage 3b (admission control): the ``Limiter`` interface and the ``Permit`` it hands out.
+
+``Limiter(...)`` picks its backend from ``backend=``: ``"memory"`` (this process,
+:mod:`.memory`) or ``"redis://host:port/db"`` (every process sharing the Redis
+server, :mod:`.redis`). Both honour the same guarantees (DESIGN.md section 3).
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import importlib
+import math
+from types import TracebackType
+from typing import Any
+
+from ..clock import Clock
+from ..errors import ConfigError
+from ..models import LimiterSnapshot
+
+__all__ = ["Limiter", "Permit", "check_limits"]
+
+_LIMIT_FIELDS = (
+    "max_concurrent",
+    "requests_per_minute",
+    "burst",
+    "min_interval",
+    "tokens_per_minute",
+)
+
+
+def check_limits(fields: dict[str, Any]) -> None:
+    """Raise :class:`ConfigError` naming the first field whose value is not a valid limit."""
+    for name, value in fields.items():
+        if name not in _LIMIT_FIELDS:
+            raise ConfigError(
+                f"{name}: unknown limit (known: {', '.join(_LIMIT_FIELDS)})", field=name
+            )
+        if value is None:
+            if name == "min_interval":
+                raise ConfigError("min_interval: must be a number >= 0 (got None)", field=name)
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{name}: must be a number (got {value!r})", field=name)
+        if not math.isfinite(value):
+            raise ConfigError(f"{name}: must be finite (got {value!r})", field=name)
+        if name in ("max_concurrent", "burst") and value != int(value):
+            raise ConfigError(f"{name}: must be a whole number (got {value!r})", field=name)
+        if name == "min_interval":
+            if value < 0:
+                raise ConfigError(f"min_interval: must be >= 0 (got {value!r})", field=name)
+        elif value <= 0:
+            raise ConfigError(
+                f"{name}: must be greater than 0 (got {value!r}); use None for no limit",
+                field=name,
+            )
+
+
+class Permit:
+    """Admission to make one request: hold it while the request runs, then release it.
+
+    ``release()`` is idempotent and thread-safe. A ``Permit`` is a context manager
+    (released on exit, whatever the exit). ``settle(tokens=n)`` corrects the LLM
+    token estimate charged at admission once the real usage is known.
+    A permit dropped without release (an abandoned stream, a lost reference) is
+    released when it is garbage-collected.
+    """
+
+    __slots__ = ("__weakref__", "_owner", "_released", "_settled", "tokens", "units")
+
+    def __init__(self, owner: Limiter, units: int, tokens: int) -> None:
+        self._owner = owner
+        self.units = units
+        self.tokens = tokens
+        self._released = False
+        self._settled = False
+
+    @property
+    def released(self) -> bool:
+        """True once the permit has been given back."""
+        return self._released
+
+    def release(self) -> None:
+        """Give the concurrency units back (no-op if already released)."""
+        if not self._released:
+            self._owner._release(self)
+
+    def settle(self, *, tokens: int) -> None:
+        """Replace the token estimate charged at admission by the real count ``tokens``.
+
+        Refunds the difference when the estimate was high, charges it when low.
+        May be called once, before or after release; later calls are ignored.
+        """
+        if tokens < 0:
+            raise ValueError(f"tokens must be >= 0, got {tokens!r}")
+        if self._settled:
+            return
+        self._settled = True
+        diff = tokens - self.tokens
+        if diff:
+            self._owner._settle(self, diff)
+
+    def __enter__(self) -> Permit:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if not self._released:
+            self._owner._release(self)
+
+    def __del__(self) -> None:
+        if not self._released:
+            with contextlib.suppress(Exception):  # interpreter shutdown
+                self._owner._release_from_gc(self)
+
+    def __repr__(self) -> str:
+        state = "released" if self._released else "held"
+        return f"<Permit units={self.units} tokens={self.tokens} {state}>"
+
+
+class Limiter(abc.ABC):
+    """Admission control for one provider (or any API): concurrency, rate, spacing, cooldown.
+
+    ``Limiter(max_concurrent=4, requests_per_minute=600, burst=5, min_interval=0.0,
+    tokens_per_minute=None, backend="memory", key=None)``. ``None`` means no such
+    limit. With ``backend="redis://..."`` every process using the same ``key``
+    shares the limits.
+
+    Thread-safe: one limiter is meant to be shared by every thread that calls the
+    same API. Waiting is first come, first served, and bounded by ``timeout``.
+    """
+
+    def __new__(cls, *args: Any, backend: str = "memory", **kwargs: Any) -> Limiter:
+        """Pick the implementation for ``backend`` when called as ``Limiter(...)``."""
+        if cls is Limiter:
+            if backend in ("memory", "memory://"):
+                from .memory import MemoryLimiter
+
+                return object.__new__(MemoryLimiter)
+            if backend.startswith(("redis://", "rediss://", "unix://")):
+                module = importlib.import_module(".redis", __package__)
+                impl: type[Limiter] = module.RedisLimiter
+                return object.__new__(impl)
+            raise ConfigError(
+                f'backend: must be "memory" or a redis:// URL (got {backend!r})', field="backend"
+            )
+        return object.__new__(cls)
+
+    clock: Clock
+
+    # -- admission --------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def acquire(self, timeout: float | None = None, *, units: int = 1, tokens: int = 0) -> Permit:
+        """Block until admitted and return a :class:`Permit`.
+
+        ``timeout``: the longest wait in seconds (``None``: no bound; ``0``: do not
+        wait). Raises :class:`~ratelimit_sdk.errors.AcquireTimeout` past it, and
+        :class:`~ratelimit_sdk.errors.RequestTooLargeError` when ``units`` or
+        ``tokens`` can never fit the limits.
+        """
+
+    @abc.abstractmethod
+    def try_acquire(self, *, units: int = 1, tokens: int = 0) -> Permit | None:
+        """Admit now if every limit allows it (and nobody waits ahead), else ``None``."""
+
+    def __call__(self, func: Any) -> Any:
+        """Use the limiter as a decorator: each call of ``func`` holds a permit."""
+        import functools
+
+        @functools.wraps(func)
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            with self.acquire():
+                return func(*args, **kwargs)
+
+        return wrapper
+
+    # -- control ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def update(self, **limits: Any) -> None:
+        """Change any limit while running; ``None`` removes a limit.
+
+        Fields: ``max_concurrent``, ``requests_per_minute``, ``burst``,
+        ``min_interval``, ``tokens_per_minute``. Lowering ``max_concurrent``
+        admits nobody until in-flight is under the new value; raising it admits
+        waiting threads at once.
+        """
+
+    @abc.abstractmethod
+    def cooldown(self, seconds: float) -> None:
+        """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release resources (connections); waiting threads get AcquireTimeout."""
+
+    # -- observation ----------------------------------------------------------------------
+
+    @property
+    @abc.abstractmethod
+    def in_flight(self) -> int:
+        """Concurrency units held now (this process)."""
+
+    @property
+    @abc.abstractmethod
+    def queued(self) -> int:
+        """Threads waiting for admission now (this process)."""
+
+    @abc.abstractmethod
+    def cooldown_remaining(self) -> float:
+        """Seconds until the current cooldown ends (0.0: none)."""
+
+    @abc.abstractmethod
+    def snapshot(self) -> LimiterSnapshot:
+        """A consistent view of the limits and the state."""
+
+    # -- used by Permit -------------------------------------------------------------------
+
+    @abc.abstractmethod
+    def _release(self, permit: Permit) -> None: ...
+
+    @abc.abstractmethod
+    def _settle(self, permit: Permit, diff: int) -> None: ...
+
+    def _release_from_gc(self, permit: Permit) -> None:
+        """Release a permit that was garbage-collected while held (no blocking on locks)."""
+        self._release(permit)

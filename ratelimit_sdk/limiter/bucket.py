@@ -1,0 +1,80 @@
+"""Stage 3b (admission control), pure arithmetic: token bucket, spacing, cooldown.
+
+No threads, no I/O, no clock calls: every method takes ``now`` (seconds on a
+monotonic clock) as an argument, so tests are exact tables. The in-memory
+limiter holds these under its lock; the Redis backend runs the same rules in Lua.
+"""
+
+from __future__ import annotations
+
+import math
+
+__all__ = ["EPSILON", "TokenBucket"]
+
+#: Slack for float rounding: a bucket short by less than this counts as full enough.
+#: (A wait computed as ``deficit / rate`` can land a hair short after refilling.)
+EPSILON = 1e-9
+
+
+class TokenBucket:
+    """A token bucket: ``capacity`` tokens, refilled at ``rate`` tokens per second.
+
+    Starts full. ``level`` may go negative after :meth:`debit` (a settled
+    underestimate): the debt is paid back by refill before anyone else is admitted.
+    Starts in any window of length ``t`` never exceed ``capacity + rate * t``.
+    Not thread-safe: the owner serializes access.
+    """
+
+    __slots__ = ("capacity", "level", "rate", "stamp")
+
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
+        if not (rate > 0 and math.isfinite(rate)):
+            raise ValueError(f"rate must be a positive finite number, got {rate!r}")
+        if not (capacity > 0 and math.isfinite(capacity)):
+            raise ValueError(f"capacity must be a positive finite number, got {capacity!r}")
+        self.rate = rate
+        self.capacity = capacity
+        self.level = capacity
+        self.stamp = now
+
+    def refill(self, now: float) -> None:
+        """Add what accrued since the last refill, up to ``capacity``."""
+        elapsed = now - self.stamp
+        if elapsed > 0:
+            self.level = min(self.capacity, self.level + elapsed * self.rate)
+            self.stamp = now
+
+    def delay(self, amount: float, now: float) -> float:
+        """Seconds from ``now`` until ``amount`` tokens are there (0.0: now)."""
+        self.refill(now)
+        deficit = amount - self.level
+        if deficit <= EPSILON:
+            return 0.0
+        return deficit / self.rate
+
+    def take(self, amount: float) -> None:
+        """Remove ``amount`` tokens (call :meth:`delay` first; may leave a tiny negative)."""
+        self.level -= amount
+
+    def give(self, amount: float) -> None:
+        """Return ``amount`` tokens (a refund), never above ``capacity``."""
+        self.level = min(self.capacity, self.level + amount)
+
+    def debit(self, amount: float) -> None:
+        """Charge ``amount`` more tokens after the fact; the level may go negative."""
+        self.level -= amount
+
+    def reconfigure(self, rate: float, capacity: float, now: float) -> None:
+        """Change rate and capacity at ``now``, keeping what accrued under the old rate."""
+        self.refill(now)
+        self.rate = rate
+        self.capacity = capacity
+        self.level = min(self.level, capacity)
+
+    def available(self, now: float) -> float:
+        """Tokens in the bucket at ``now`` (without changing state)."""
+        elapsed = max(0.0, now - self.stamp)
+        return min(self.capacity, self.level + elapsed * self.rate)
+
+    def __repr__(self) -> str:
+        return f"TokenBucket(rate={self.rate!r}, capacity={self.capacity!r}, level={self.level!r})"
