@@ -8,6 +8,7 @@
   (:data:`Action`): ``status``, ``hang``, ``garbage``, ``reset``, ``ok``,
   ``delay``, ``rate_limited``, ``insufficient_quota``, ``zhipu``, ``overloaded``.
 - :class:`RecordedRequest`: one received request, as a frozen snapshot.
+- :class:`FakeClock`: a manual clock for exact, instant limiter and retry tests.
 
 Nothing in ``ratelimit_sdk`` imports this package; it imports only the standard
 library and its own modules.
@@ -15,15 +16,18 @@ library and its own modules.
 
 from __future__ import annotations
 
+from ratelimit_sdk.testing.clock import FakeClock, WouldBlockForever
 from ratelimit_sdk.testing.fake_provider import FakeProvider, RecordedRequest
 from ratelimit_sdk.testing.faults import Action, Fault, Respond
 from ratelimit_sdk.testing.fleet import FakeFleet
 
 __all__ = [
     "Action",
+    "FakeClock",
     "FakeFleet",
     "FakeProvider",
     "Fault",
     "RecordedRequest",
     "Respond",
+    "WouldBlockForever",
 ]
