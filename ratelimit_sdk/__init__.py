@@ -1,5 +1,77 @@
-"""ratelimit_sdk: call LLM providers as fast as their limits allow, never faster."""
+"""ratelimit_sdk: call LLM providers as fast as their rate limits allow, and never faster.
+
+A synchronous, thread-safe client: per provider a concurrency limit, a token
+bucket, a minimum spacing and a circuit breaker; an ordered fallback chain with
+backoff, jitter and Retry-After; limits changeable while running; shared across
+processes through Redis.
+
+Reading order (one call, top to bottom): :mod:`.client` -> :mod:`.chain`
+(:mod:`.retry`) -> :mod:`.guard` (:mod:`.breaker`, :mod:`.limiter`,
+:mod:`.providers`) -> :mod:`.classify`; leaves: :mod:`.config`, :mod:`.models`,
+:mod:`.errors`, :mod:`.hooks`, :mod:`.clock`.
+"""
 
 from __future__ import annotations
 
+from .client import NOT_GIVEN, Client
+from .config import (
+    BreakerConfig,
+    ClientConfig,
+    LimitsConfig,
+    ProviderConfig,
+    RetryConfig,
+    TimeoutConfig,
+)
+from .errors import (
+    AcquireTimeout,
+    AllProvidersFailed,
+    BackendError,
+    BadRequestError,
+    CircuitOpenError,
+    ConfigError,
+    ProviderConnectionError,
+    ProviderError,
+    ProviderTimeout,
+    QuotaExhaustedError,
+    RateLimitedError,
+    RateLimitSDKError,
+    RequestTooLargeError,
+)
+from .hooks import Event
+from .limiter import Limiter, Permit
+from .models import Attempt, ChatRequest, ChatResponse, Outcome, ProviderStats, Usage
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "NOT_GIVEN",
+    "AcquireTimeout",
+    "AllProvidersFailed",
+    "Attempt",
+    "BackendError",
+    "BadRequestError",
+    "BreakerConfig",
+    "ChatRequest",
+    "ChatResponse",
+    "CircuitOpenError",
+    "Client",
+    "ClientConfig",
+    "ConfigError",
+    "Event",
+    "Limiter",
+    "LimitsConfig",
+    "Outcome",
+    "Permit",
+    "ProviderConfig",
+    "ProviderConnectionError",
+    "ProviderError",
+    "ProviderStats",
+    "ProviderTimeout",
+    "QuotaExhaustedError",
+    "RateLimitSDKError",
+    "RateLimitedError",
+    "RequestTooLargeError",
+    "RetryConfig",
+    "TimeoutConfig",
+    "Usage",
+]

@@ -56,6 +56,7 @@ __all__ = [
     "classify",
     "classify_failure",
     "error_for",
+    "next_slot",
     "parse_duration",
     "parse_reset",
     "parse_retry_after",
@@ -346,7 +347,7 @@ def server_wait(headers: Mapping[str, str], now: float) -> float | None:
     return None
 
 
-def _budgets(headers: Mapping[str, str], now: float) -> list[tuple[bool | None, float]]:
+def _budgets_named(headers: Mapping[str, str], now: float) -> list[tuple[bool | None, float, str]]:
     """Every rate-limit budget with a readable reset: (exhausted?, seconds until reset).
 
     ``exhausted`` is ``None`` when the family sent a reset but no readable remaining
@@ -368,7 +369,7 @@ def _budgets(headers: Mapping[str, str], now: float) -> list[tuple[bool | None, 
     for name in lowered:
         if _RATELIMIT_RESET.fullmatch(name) or _ANTHROPIC_RESET.fullmatch(name):
             pairs.setdefault(name, None)  # a reset without a remaining count
-    budgets: list[tuple[bool | None, float]] = []
+    budgets: list[tuple[bool | None, float, str]] = []
     for reset_name, remaining in pairs.items():
         reset_value = lowered.get(reset_name)
         if not isinstance(reset_value, str):
@@ -377,8 +378,13 @@ def _budgets(headers: Mapping[str, str], now: float) -> list[tuple[bool | None, 
         if wait is None:
             continue
         left = _number(remaining.strip()) if isinstance(remaining, str) else None
-        budgets.append((None if left is None else left <= 0, wait))
+        budgets.append((None if left is None else left <= 0, wait, reset_name))
     return budgets
+
+
+def _budgets(headers: Mapping[str, str], now: float) -> list[tuple[bool | None, float]]:
+    """:func:`_budgets_named` without the header names."""
+    return [(exhausted, wait) for exhausted, wait, _ in _budgets_named(headers, now)]
 
 
 def remaining_reset(headers: Mapping[str, str], now: float) -> float | None:
@@ -389,6 +395,26 @@ def remaining_reset(headers: Mapping[str, str], now: float) -> float | None:
     before it. Clamped to ``[0, MAX_SERVER_WAIT]``. Never raises.
     """
     waits = [wait for exhausted, wait in _budgets(headers, now) if exhausted]
+    return max(waits) if waits else None
+
+
+def next_slot(headers: Mapping[str, str], now: float) -> float | None:
+    """Seconds until an exhausted budget (remaining 0) admits the *next* request.
+
+    OpenAI-style ``x-ratelimit-reset-*`` counts until the budget is whole again;
+    with remaining 0 and a readable ``limit`` of the same kind, one request frees
+    up after ``reset / limit`` (a token bucket refills evenly). Without a limit
+    header the whole reset is used. The latest of the exhausted budgets wins.
+    Used on successes, to stop before the 429 without idling longer than needed.
+    """
+    lowered = _lower(headers)
+    waits = []
+    for exhausted, wait, reset_name in _budgets_named(headers, now):
+        if not exhausted:
+            continue
+        limit_value = lowered.get(reset_name.replace("reset", "limit"))
+        limit = _number(limit_value.strip()) if isinstance(limit_value, str) else None
+        waits.append(wait / limit if limit is not None and limit >= 1 else wait)
     return max(waits) if waits else None
 
 
@@ -500,7 +526,7 @@ def classify(reply: Reply, *, now: float) -> Verdict:
             Outcome.OK,
             BreakerVote.SUCCESS,
             retry_same=False,
-            cooldown=_positive(remaining_reset(headers, now)),
+            cooldown=_positive(next_slot(headers, now)),
             status=status,
         )
 

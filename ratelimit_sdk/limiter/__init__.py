@@ -7,7 +7,7 @@ in :mod:`.bucket`.
 
 from __future__ import annotations
 
-from .base import Limiter, Permit, check_limits
+from .base import Limiter, Permit, backend_class, check_limits, from_backend
 from .memory import MemoryLimiter
 
-__all__ = ["Limiter", "MemoryLimiter", "Permit", "check_limits"]
+__all__ = ["Limiter", "MemoryLimiter", "Permit", "backend_class", "check_limits", "from_backend"]

@@ -11,6 +11,7 @@ import abc
 import contextlib
 import importlib
 import math
+import threading
 from types import TracebackType
 from typing import Any
 
@@ -18,7 +19,7 @@ from ..clock import Clock
 from ..errors import ConfigError
 from ..models import LimiterSnapshot
 
-__all__ = ["Limiter", "Permit", "check_limits"]
+__all__ = ["Limiter", "Permit", "backend_class", "check_limits", "from_backend"]
 
 _LIMIT_FIELDS = (
     "max_concurrent",
@@ -54,6 +55,26 @@ def check_limits(fields: dict[str, Any]) -> None:
                 f"{name}: must be greater than 0 (got {value!r}); use None for no limit",
                 field=name,
             )
+
+
+def backend_class(backend: str) -> type[Limiter]:
+    """The limiter class for ``backend``: ``"memory"`` or a ``redis://`` URL."""
+    if backend in ("memory", "memory://"):
+        module = importlib.import_module(".memory", __package__)
+        memory: type[Limiter] = module.MemoryLimiter
+        return memory
+    if backend.startswith(("redis://", "rediss://", "unix://")):
+        module = importlib.import_module(".redis", __package__)
+        shared: type[Limiter] = module.RedisLimiter
+        return shared
+    raise ConfigError(
+        f'backend: must be "memory" or a redis:// URL (got {backend!r})', field="backend"
+    )
+
+
+def from_backend(backend: str = "memory", **kwargs: Any) -> Limiter:
+    """Build the limiter for ``backend`` with ``kwargs`` (what ``Limiter(...)`` does)."""
+    return backend_class(backend)(backend=backend, **kwargs)
 
 
 class Permit:
@@ -137,17 +158,7 @@ class Limiter(abc.ABC):
     def __new__(cls, *args: Any, backend: str = "memory", **kwargs: Any) -> Limiter:
         """Pick the implementation for ``backend`` when called as ``Limiter(...)``."""
         if cls is Limiter:
-            if backend in ("memory", "memory://"):
-                from .memory import MemoryLimiter
-
-                return object.__new__(MemoryLimiter)
-            if backend.startswith(("redis://", "rediss://", "unix://")):
-                module = importlib.import_module(".redis", __package__)
-                impl: type[Limiter] = module.RedisLimiter
-                return object.__new__(impl)
-            raise ConfigError(
-                f'backend: must be "memory" or a redis:// URL (got {backend!r})', field="backend"
-            )
+            return object.__new__(backend_class(backend))
         return object.__new__(cls)
 
     clock: Clock
@@ -155,18 +166,40 @@ class Limiter(abc.ABC):
     # -- admission --------------------------------------------------------------------
 
     @abc.abstractmethod
-    def acquire(self, timeout: float | None = None, *, units: int = 1, tokens: int = 0) -> Permit:
+    def acquire(
+        self,
+        timeout: float | None = None,
+        *,
+        units: int = 1,
+        tokens: int = 0,
+        cancel: threading.Event | None = None,
+    ) -> Permit:
         """Block until admitted and return a :class:`Permit`.
 
         ``timeout``: the longest wait in seconds (``None``: no bound; ``0``: do not
-        wait). Raises :class:`~ratelimit_sdk.errors.AcquireTimeout` past it, and
-        :class:`~ratelimit_sdk.errors.RequestTooLargeError` when ``units`` or
-        ``tokens`` can never fit the limits.
+        wait). ``cancel``: an event that, once set (and :meth:`wake_all` called),
+        makes the wait give up with AcquireTimeout. Raises AcquireTimeout past the
+        timeout, and RequestTooLargeError when ``units`` or ``tokens`` can never
+        fit the limits.
         """
 
     @abc.abstractmethod
     def try_acquire(self, *, units: int = 1, tokens: int = 0) -> Permit | None:
         """Admit now if every limit allows it (and nobody waits ahead), else ``None``."""
+
+    def would_admit(self, *, units: int = 1, tokens: int = 0) -> bool:
+        """Whether an acquire now would be admitted at once. Takes nothing; only a look.
+
+        The answer can be stale by the time the caller acts on it.
+        """
+        snap = self.snapshot()
+        if snap.queued or snap.cooldown_remaining > 0 or snap.next_start_in > 0:
+            return False
+        if snap.max_concurrent is not None and snap.in_flight + units > snap.max_concurrent:
+            return False
+        if snap.tokens is not None and snap.tokens < 1.0 - 1e-9:
+            return False
+        return not (snap.llm_tokens is not None and tokens and snap.llm_tokens < tokens)
 
     def __call__(self, func: Any) -> Any:
         """Use the limiter as a decorator: each call of ``func`` holds a permit."""
@@ -194,6 +227,9 @@ class Limiter(abc.ABC):
     @abc.abstractmethod
     def cooldown(self, seconds: float) -> None:
         """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""
+
+    def wake_all(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """Wake waiting threads so they re-check their cancel flags (default: nothing to do)."""
 
     @abc.abstractmethod
     def close(self) -> None:

@@ -282,6 +282,13 @@ class MemoryLimiter(Limiter):
                 if w.limiter._is_closed():
                     w.cond.notify()
 
+    def wake_all(self) -> None:
+        """Wake every thread waiting here so it re-checks its deadline and cancel flag."""
+        group = self._group
+        with group.lock:
+            for w in group.queue:
+                w.cond.notify()
+
     def _is_closed(self) -> bool:
         return self._closed or (self._pool is not None and self._pool._closed)
 
@@ -339,7 +346,14 @@ class MemoryLimiter(Limiter):
                     f"tokens={tokens} can never be admitted: tokens_per_minute is {lim._tpm:g}"
                 )
 
-    def acquire(self, timeout: float | None = None, *, units: int = 1, tokens: int = 0) -> Permit:
+    def acquire(
+        self,
+        timeout: float | None = None,
+        *,
+        units: int = 1,
+        tokens: int = 0,
+        cancel: threading.Event | None = None,
+    ) -> Permit:
         """Block until admitted; see :meth:`Limiter.acquire`."""
         if units != 1 or tokens or self._pool is not None:
             self._check_request(units, tokens)
@@ -360,7 +374,7 @@ class MemoryLimiter(Limiter):
                         pool._take(self._pool_units, tokens, now)
                         return _PooledPermit(self, units, tokens, self._pool_units)
                     return Permit(self, units, tokens)
-            return self._wait(units, tokens, timeout)
+            return self._wait(units, tokens, timeout, cancel)
         finally:
             lock.release()
 
@@ -375,7 +389,24 @@ class MemoryLimiter(Limiter):
         except AcquireTimeout:
             return None
 
-    def _wait(self, units: int, tokens: int, timeout: float | None) -> Permit:
+    def would_admit(self, *, units: int = 1, tokens: int = 0) -> bool:
+        """Whether an acquire now would be admitted at once (takes nothing)."""
+        group = self._group
+        with group.lock:
+            if self._closed or any(
+                w.limiter is self or w.limiter is self._pool or self._pool is None
+                for w in group.queue
+            ):
+                return False
+            now = self.clock.monotonic()
+            pool = self._pool
+            return self._delay(units, tokens, now) == 0.0 and (
+                pool is None or pool._delay(self._pool_units, tokens, now) == 0.0
+            )
+
+    def _wait(
+        self, units: int, tokens: int, timeout: float | None, cancel: threading.Event | None
+    ) -> Permit:
         """The slow path: queue up and sleep until dispatched. Called with the lock held."""
         group = self._group
         clock = self.clock
@@ -390,6 +421,8 @@ class MemoryLimiter(Limiter):
                     _drain_orphans(group)
                 if self._is_closed():
                     raise AcquireTimeout("limiter is closed", waited=now - start, key=self.key)
+                if cancel is not None and cancel.is_set():
+                    raise AcquireTimeout("cancelled", waited=now - start, key=self.key)
                 _dispatch(group, now, waiter)
                 if waiter.granted:
                     if waiter.limiter._pool is not None:

@@ -1,0 +1,228 @@
+"""Stage 2: the chain walks the providers in order and decides: retry here, move on, or wait.
+
+It talks only to :class:`~ratelimit_sdk.guard.Guard` objects (never to a limiter or a
+socket), records an :class:`~ratelimit_sdk.models.Attempt` per try or skip, and
+returns the first success, or raises ``BadRequestError`` / ``AllProvidersFailed``.
+
+The rules (DESIGN.md section 3, "The chain"):
+
+* One deadline covers the whole call: admission waits, retries, backoff sleeps
+  and fallbacks.
+* A provider whose breaker is open or that is cooling down is skipped at once.
+* Admission waits at most ``max_queue_wait``, and not at all while a later
+  provider could take the call now (outcome ``busy``: move on).
+* ``error``/``timeout``: retry here after the backoff while retries remain and the
+  wait fits ``max_delay`` and the deadline; else move on.
+* ``rate_limited``: move on at once if a later provider can take the call now;
+  otherwise retry here after ``max(backoff, Retry-After)`` if that fits.
+* ``quota_exhausted``: move on (the guard set a long cooldown).
+* ``bad_request``: stop; raise ``BadRequestError`` (another provider would refuse too).
+* When every provider has been tried or skipped, wait for the first skipped
+  provider that becomes available before the deadline and try it again;
+  otherwise raise ``AllProvidersFailed`` with every attempt.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from ._redact import get_logger
+from .clock import Clock
+from .errors import AllProvidersFailed, BadRequestError
+from .guard import AttemptResult, Cancelled, Guard
+from .hooks import Event, Hooks
+from .models import Attempt, ChatRequest, ChatResponse, Outcome
+
+__all__ = ["Cancelled", "Chain"]
+
+_log = get_logger("ratelimit_sdk.chain")
+
+#: Outcomes after which a provider may be worth another try once it is available again.
+_COMES_BACK = frozenset(
+    {Outcome.CIRCUIT_OPEN, Outcome.COOLING_DOWN, Outcome.BUSY, Outcome.RATE_LIMITED}
+)
+
+
+class Chain:
+    """An ordered list of guards and the loop over them. Thread-safe; holds no call state."""
+
+    def __init__(self, guards: Sequence[Guard], *, clock: Clock, hooks: Hooks) -> None:
+        if not guards:
+            raise ValueError("a chain needs at least one provider")
+        self.guards = tuple(guards)
+        self.clock = clock
+        self.hooks = hooks
+
+    @property
+    def names(self) -> list[str]:
+        """Provider names in chain order."""
+        return [g.name for g in self.guards]
+
+    def run(
+        self,
+        request: ChatRequest,
+        *,
+        deadline: float,
+        cancel: threading.Event | None = None,
+    ) -> tuple[ChatResponse | None, AttemptResult | None, list[Attempt]]:
+        """Walk the chain once for ``request``; see the module docstring.
+
+        Returns the response (or, for a stream, the successful ``AttemptResult``)
+        with every attempt. Raises ``BadRequestError`` or ``AllProvidersFailed``.
+        """
+        attempts: list[Attempt] = []
+        comeback: dict[int, float] = {}  # guard index -> monotonic time it may take calls
+        throttled: dict[int, int] = {}  # guard index -> rate-limit answers in this call
+        for index, guard in enumerate(self.guards):
+            result = self._on_provider(
+                request, index, deadline, attempts, comeback, throttled, cancel
+            )
+            if result is not None:
+                return self._finish(result, attempts)
+            if index + 1 < len(self.guards):
+                self._fallback(guard, self.guards[index + 1], attempts)
+        # Everything was tried or skipped: wait for the first one to come back, if in time.
+        while comeback:
+            index, at = min(comeback.items(), key=lambda item: (item[1], item[0]))
+            now = self.clock.monotonic()
+            if at >= deadline or now >= deadline:
+                break
+            del comeback[index]
+            if at > now:
+                _log.info(
+                    "%s: every provider busy; waiting %.2fs for %s",
+                    ",".join(self.names),
+                    at - now,
+                    self.guards[index].name,
+                )
+                self._sleep(at - now, cancel)
+            result = self._on_provider(
+                request, index, deadline, attempts, comeback, throttled, cancel, last_round=True
+            )
+            if result is not None:
+                return self._finish(result, attempts)
+        raise AllProvidersFailed(_failure_message(attempts), attempts=attempts)
+
+    def _on_provider(
+        self,
+        request: ChatRequest,
+        index: int,
+        deadline: float,
+        attempts: list[Attempt],
+        comeback: dict[int, float],
+        throttled: dict[int, int],
+        cancel: threading.Event | None,
+        *,
+        last_round: bool = False,
+    ) -> AttemptResult | None:
+        """Try one provider, with its retries. The success, or ``None`` to move on."""
+        guard = self.guards[index]
+        later = self.guards[index + 1 :]
+        retries = 0
+        while True:
+            if cancel is not None and cancel.is_set():
+                raise Cancelled
+            now = self.clock.monotonic()
+            if now >= deadline:
+                return None
+            max_wait = guard.config.limits.max_queue_wait
+            if last_round:
+                max_wait = None  # nothing left to move on to: wait up to the deadline
+            elif any(g.can_take_now(request) for g in later):
+                max_wait = 0.0  # never queue here while a later provider is free
+            result = guard.attempt(
+                request, deadline=deadline, max_wait=max_wait, retry_index=retries, cancel=cancel
+            )
+            attempts.append(result.attempt)
+            outcome = result.outcome
+            if outcome is Outcome.OK:
+                return result
+            if outcome is Outcome.BAD_REQUEST:
+                error = result.attempt.error
+                assert isinstance(error, BadRequestError)
+                error.attempts = tuple(attempts)  # type: ignore[attr-defined]
+                raise error
+            if outcome in (Outcome.CIRCUIT_OPEN, Outcome.COOLING_DOWN, Outcome.BUSY):
+                comeback[index] = self.clock.monotonic() + result.wait_hint
+                return None
+            if outcome is Outcome.QUOTA_EXHAUSTED:
+                comeback[index] = self.clock.monotonic() + guard.limiter.cooldown_remaining()
+                return None
+            verdict = result.verdict
+            retry_after = None if verdict is None else verdict.retry_after
+            if outcome is Outcome.RATE_LIMITED:
+                cooldown = guard.limiter.cooldown_remaining()
+                throttled[index] = throttled.get(index, 0) + 1
+                if throttled[index] <= guard.config.retry.max_retries:
+                    comeback[index] = self.clock.monotonic() + cooldown
+                if any(g.can_take_now(request) for g in later):
+                    return None  # move on at once: a later provider can take it now
+                retry_after = max(retry_after or 0.0, cooldown)
+            elif verdict is not None and not verdict.retry_same:
+                return None
+            wait = guard.backoff.next_wait(retries, retry_after)
+            if wait is None or self.clock.monotonic() + wait >= deadline:
+                return None
+            retries += 1
+            guard.count_retry()
+            _log.info("%s: %s; retry %d in %.2fs", guard.name, outcome.value, retries, wait)
+            if self.hooks:
+                self.hooks.emit(
+                    Event(
+                        "retry", guard.name, outcome=outcome, delay=wait, error=result.attempt.error
+                    )
+                )
+            self._sleep(wait, cancel)
+            comeback.pop(index, None)
+
+    def _sleep(self, seconds: float, cancel: threading.Event | None) -> None:
+        if cancel is None:
+            self.clock.sleep(seconds)
+        elif cancel.wait(seconds):
+            raise Cancelled
+
+    def _fallback(self, guard: Guard, to: Guard, attempts: list[Attempt]) -> None:
+        last = attempts[-1] if attempts else None
+        if last is None or last.provider != guard.name:
+            return
+        guard.count_fallback()
+        _log.info("%s: %s; falling back to %s", guard.name, last.outcome.value, to.name)
+        if self.hooks:
+            self.hooks.emit(
+                Event(
+                    "fallback",
+                    guard.name,
+                    outcome=last.outcome,
+                    to_provider=to.name,
+                    error=last.error,
+                )
+            )
+
+    def _finish(
+        self, result: AttemptResult, attempts: list[Attempt]
+    ) -> tuple[ChatResponse | None, AttemptResult | None, list[Attempt]]:
+        if result.stream is not None:
+            return None, result, attempts
+        completion = result.completion
+        assert completion is not None
+        guard = next(g for g in self.guards if g.name == result.attempt.provider)
+        response = ChatResponse(
+            content=completion.content,
+            provider=guard.name,
+            model=completion.model or guard.model,
+            attempts=tuple(attempts),
+            usage=completion.usage,
+            finish_reason=completion.finish_reason,
+        )
+        return response, result, attempts
+
+
+def _failure_message(attempts: list[Attempt]) -> str:
+    if not attempts:
+        return "all providers failed: the deadline passed before any attempt"
+    parts = []
+    for attempt in attempts[-8:]:
+        parts.append(f"{attempt.provider}: {attempt.outcome.value}")
+    more = f" (+{len(attempts) - 8} earlier)" if len(attempts) > 8 else ""
+    return f"all providers failed after {len(attempts)} attempts{more}: " + "; ".join(parts)

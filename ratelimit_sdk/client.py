@@ -1,0 +1,487 @@
+"""Stage 1: the ``Client`` users hold. Builds the guards and chains, and runs calls through them.
+
+``Client.chat`` turns the arguments into a :class:`~ratelimit_sdk.models.ChatRequest`,
+picks the chain (``preferred_model``, ``chain=`` or the default), sets the call's
+deadline, and hands over to :class:`~ratelimit_sdk.chain.Chain`. ``map``/``imap``
+run many calls from a thread pool. Limits and the whole configuration can be
+changed while calls are running (``update_limits``, ``reload``).
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ._redact import get_logger
+from .chain import Chain
+from .clock import SYSTEM_CLOCK, Clock
+from .config import ClientConfig, LimitsConfig, ProviderConfig
+from .errors import BadRequestError, ConfigError, RateLimitSDKError
+from .guard import Guard, build_guards
+from .hooks import HookFn, Hooks
+from .models import ChatRequest, ChatResponse, ProviderStats
+
+__all__ = ["NOT_GIVEN", "Client"]
+
+_log = get_logger("ratelimit_sdk.client")
+
+
+class _NotGiven:
+    """Marks an argument that was not passed (``timeout=None`` means "no timeout")."""
+
+    _instance: _NotGiven | None = None
+
+    def __new__(cls) -> _NotGiven:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+        return cls._instance
+
+    def __repr__(self) -> str:
+        return "NOT_GIVEN"
+
+    def __bool__(self) -> bool:
+        return False
+
+
+#: Sentinel for "use the configured default" (as opposed to ``None``).
+NOT_GIVEN: Final = _NotGiven()
+
+
+@dataclass(frozen=True)
+class _State:
+    """Everything a call needs, swapped as one piece on reload (calls read it once)."""
+
+    config: ClientConfig
+    guards: Mapping[str, Guard]
+    chains: Mapping[str, Chain]
+
+
+class Client:
+    """A blocking, thread-safe client over one or more LLM providers.
+
+    Share one ``Client`` among all threads of a process: each provider's limits
+    are enforced across every thread using it. Calls block the calling thread;
+    nothing here needs or starts an event loop. Hooks registered with :meth:`on`
+    run in the calling thread and must not call back into the same client's
+    ``close``/``reload``.
+    """
+
+    def __init__(
+        self,
+        config: ClientConfig | Mapping[str, Any],
+        *,
+        clock: Clock | None = None,
+    ) -> None:
+        cfg = ClientConfig.load(config)
+        cfg.check_environment()
+        self._clock = clock if clock is not None else SYSTEM_CLOCK
+        self._hooks = Hooks()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._retired: list[Guard] = []
+        self._state = self._build(cfg, {})
+
+    @classmethod
+    def from_file(cls, path: str, **kwargs: Any) -> Client:
+        """A client from a YAML, TOML or JSON file (errors are ConfigError)."""
+        return cls(ClientConfig.from_file(path), **kwargs)
+
+    # -- building ------------------------------------------------------------------------
+
+    def _build(self, cfg: ClientConfig, reuse: Mapping[str, Guard]) -> _State:
+        fresh = [p for p in cfg.providers if p.name not in reuse]
+        built: dict[str, Guard] = {}
+        if fresh:
+            partial = cfg.model_copy(update={"providers": fresh, "chains": {}})
+            built = build_guards(partial, clock=self._clock, hooks=self._hooks)
+        guards: dict[str, Guard] = {}
+        for pc in cfg.providers:
+            if pc.name in reuse:
+                guard = reuse[pc.name]
+                guard.apply(pc)
+                guards[pc.name] = guard
+            else:
+                guards[pc.name] = built[pc.name]
+        chains = {
+            name: Chain([guards[n] for n in cfg.chain(name)], clock=self._clock, hooks=self._hooks)
+            for name in {"default", *cfg.chains}
+        }
+        return _State(cfg, guards, chains)
+
+    @property
+    def config(self) -> ClientConfig:
+        """The configuration in force (a copy is safe to edit and pass to :meth:`reload`)."""
+        return self._state.config
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]] | str,
+        *,
+        preferred_model: str | None = None,
+        chain: str | None = None,
+        max_tokens: int | None = None,
+        temperature: float | None = None,
+        timeout: float | _NotGiven | None = NOT_GIVEN,
+        **params: Any,
+    ) -> ChatResponse:
+        """Send one chat call through the chain and return the first good answer.
+
+        ``messages``: OpenAI-style ``[{"role": ..., "content": ...}]`` (a plain
+        string is one user message). ``preferred_model`` names a provider (or its
+        model) and uses only it; ``chain`` names one of ``ClientConfig.chains``.
+        ``timeout`` bounds the whole call (waits, retries, fallbacks); omitted:
+        ``ClientConfig.timeout``; ``None``: no bound. Extra keyword arguments go
+        into the request body as they are.
+
+        Raises ``BadRequestError`` (the request itself is wrong; no fallback) or
+        ``AllProvidersFailed`` (with every attempt).
+        """
+        request = _make_request(messages, max_tokens, temperature, params)
+        return self._run(request, preferred_model, chain, timeout, None)
+
+    def _run(
+        self,
+        request: ChatRequest,
+        preferred_model: str | None,
+        chain_name: str | None,
+        timeout: float | _NotGiven | None,
+        cancel: threading.Event | None,
+    ) -> ChatResponse:
+        if self._closed:
+            raise RateLimitSDKError("client is closed")
+        state = self._state
+        chain = self._pick_chain(state, preferred_model, chain_name)
+        now = self._clock.monotonic()
+        limit = state.config.timeout if isinstance(timeout, _NotGiven) else timeout
+        if limit is not None and not (isinstance(limit, (int, float)) and limit >= 0):
+            raise ValueError(f"timeout must be a number >= 0 or None, got {limit!r}")
+        deadline = math.inf if limit is None else now + limit
+        response, _, _ = chain.run(request, deadline=deadline, cancel=cancel)
+        assert response is not None
+        return response
+
+    def _pick_chain(
+        self, state: _State, preferred_model: str | None, chain_name: str | None
+    ) -> Chain:
+        cfg = state.config
+        if preferred_model is not None:
+            if chain_name is not None:
+                raise ConfigError("pass preferred_model or chain, not both", field="chain")
+            guard = state.guards[cfg.provider(preferred_model).name]
+            return Chain([guard], clock=self._clock, hooks=self._hooks)
+        name = chain_name or "default"
+        chain = state.chains.get(name)
+        if chain is None:
+            cfg.chain(name)  # raises ConfigError naming the known chains
+            raise ConfigError(f"unknown chain {name!r}", field="chain")
+        if not cfg.use_fallback:
+            return Chain(chain.guards[:1], clock=self._clock, hooks=self._hooks)
+        return chain
+
+    # -- many calls ------------------------------------------------------------------------
+
+    def map(
+        self,
+        items: Iterable[Any],
+        *,
+        max_workers: int = 8,
+        progress: bool = True,
+        return_exceptions: bool = False,
+        **options: Any,
+    ) -> list[Any]:
+        """Run many calls from a thread pool; the results come back in input order.
+
+        Each item is a messages list, a prompt string, a dict of ``chat`` keyword
+        arguments (``{"messages": ..., "max_tokens": ...}``) or a ``ChatRequest``.
+        ``options`` (``chain``, ``preferred_model``, ``timeout``, ...) apply to every
+        item. With ``return_exceptions=True`` a failed item holds its SDK error;
+        otherwise the first error is raised once the running calls end.
+        Ctrl-C raises KeyboardInterrupt within about a second: queued items are
+        cancelled, waiting threads give up, nothing new is sent, no permit leaks.
+        """
+        items = list(items)
+        results: list[Any] = [None] * len(items)
+        for index, outcome in self._iterate(
+            items, max_workers, progress, return_exceptions, options, ordered=False
+        ):
+            results[index] = outcome
+        return results
+
+    def imap(
+        self,
+        items: Iterable[Any],
+        *,
+        max_workers: int = 8,
+        progress: bool = False,
+        return_exceptions: bool = False,
+        ordered: bool = True,
+        **options: Any,
+    ) -> Iterator[Any]:
+        """Like :meth:`map`, but yield results as they are ready (for long jobs).
+
+        ``ordered=True`` yields in input order; ``ordered=False`` yields
+        ``(index, result)`` pairs as calls complete.
+        """
+        items = list(items)
+        if not ordered:
+            yield from self._iterate(
+                items, max_workers, progress, return_exceptions, options, ordered=False
+            )
+            return
+        pending: dict[int, Any] = {}
+        next_index = 0
+        for index, outcome in self._iterate(
+            items, max_workers, progress, return_exceptions, options, ordered=False
+        ):
+            pending[index] = outcome
+            while next_index in pending:
+                yield pending.pop(next_index)
+                next_index += 1
+
+    def _iterate(
+        self,
+        items: list[Any],
+        max_workers: int,
+        progress: bool,
+        return_exceptions: bool,
+        options: Mapping[str, Any],
+        *,
+        ordered: bool,
+    ) -> Iterator[tuple[int, Any]]:
+        if not isinstance(max_workers, int) or max_workers < 1:
+            raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
+        requests = [_item_request(item) for item in items]
+        cancel = threading.Event()
+        bar = _progress_bar(len(requests), progress)
+        pool = ThreadPoolExecutor(
+            max_workers=min(max_workers, max(1, len(requests))),
+            thread_name_prefix="ratelimit_sdk",
+        )
+        futures: dict[Future[ChatResponse], int] = {}
+        preferred = options.get("preferred_model")
+        chain_name = options.get("chain")
+        timeout = options.get("timeout", NOT_GIVEN)
+        unknown = set(options) - {"preferred_model", "chain", "timeout"}
+        if unknown:
+            raise TypeError(f"map() got unexpected options: {', '.join(sorted(unknown))}")
+        first_error: BaseException | None = None
+        try:
+            for index, (request, extra) in enumerate(requests):
+                fut = pool.submit(
+                    self._run,
+                    request,
+                    extra.get("preferred_model", preferred),
+                    extra.get("chain", chain_name),
+                    extra.get("timeout", timeout),
+                    cancel,
+                )
+                futures[fut] = index
+            pending = set(futures)
+            while pending:
+                # Wake at least once a second so Ctrl-C in this thread is seen promptly.
+                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    index = futures[fut]
+                    error = fut.exception()
+                    if bar is not None:
+                        bar.update(1)
+                    if error is None:
+                        yield index, fut.result()
+                    elif return_exceptions and isinstance(error, (RateLimitSDKError, ValueError)):
+                        yield index, error
+                    else:
+                        if first_error is None:
+                            first_error = error
+                            cancel.set()  # stop sending; let the running calls end
+                            for other in pending:
+                                other.cancel()
+            if first_error is not None:
+                raise first_error
+        except BaseException:
+            cancel.set()
+            for fut in futures:
+                fut.cancel()
+            self._wake_waiters()
+            raise
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+            if bar is not None:
+                bar.close()
+
+    def _wake_waiters(self) -> None:
+        for guard in self._state.guards.values():
+            wake = getattr(guard.limiter, "wake_all", None)
+            if callable(wake):
+                wake()
+
+    # -- control -----------------------------------------------------------------------------
+
+    def update_limits(self, provider: str, **limits: Any) -> None:
+        """Change one provider's limits now, without a restart (validated like the config).
+
+        ``client.update_limits("kimi", max_concurrent=2, requests_per_minute=10)``.
+        Lowering ``max_concurrent`` admits nobody new until in-flight is under it.
+        """
+        with self._lock:
+            state = self._state
+            pc = state.config.provider(provider)
+            merged = {**pc.limits.model_dump(), **limits}
+            try:
+                new_limits = LimitsConfig.model_validate(merged)
+            except ValueError as exc:
+                from .config import translate_validation_error
+
+                if hasattr(exc, "errors"):
+                    raise translate_validation_error(exc) from None  # type: ignore[arg-type]
+                raise
+            new_pc = pc.model_copy(update={"limits": new_limits})
+            providers = [new_pc if p.name == pc.name else p for p in state.config.providers]
+            new_cfg = state.config.model_copy(update={"providers": providers})
+            state.guards[pc.name].apply(new_pc)
+            self._state = _State(new_cfg, state.guards, state.chains)
+        _log.info("%s: limits updated: %s", pc.name, limits)
+
+    def reload(self, config: ClientConfig | Mapping[str, Any]) -> None:
+        """Replace the whole configuration while running.
+
+        Providers kept under the same name, URL, model, wire format and key keep
+        their limiter state (in flight, bucket, cooldown) and take the new limits;
+        others are built fresh. Calls already running finish on what they started with.
+        """
+        cfg = ClientConfig.load(config)
+        cfg.check_environment()
+        with self._lock:
+            old = self._state
+            reuse = {
+                p.name: old.guards[p.name]
+                for p in cfg.providers
+                if p.name in old.guards
+                and _same_endpoint(old.guards[p.name].config, p)
+                and (p.pool or None) == (old.guards[p.name].config.pool or None)
+            }
+            self._state = self._build(cfg, reuse)
+            kept = set(reuse)
+            self._retired.extend(g for n, g in old.guards.items() if n not in kept)
+        _log.info("configuration reloaded: %s", ", ".join(p.name for p in cfg.providers))
+
+    def on(self, event: str, fn: HookFn) -> HookFn:
+        """Call ``fn(event)`` on each ``event`` (see :mod:`ratelimit_sdk.hooks`)."""
+        return self._hooks.on(event, fn)
+
+    def off(self, event: str, fn: HookFn) -> None:
+        """Stop calling ``fn`` for ``event``."""
+        self._hooks.off(event, fn)
+
+    # -- observation ---------------------------------------------------------------------------
+
+    def stats(self) -> dict[str, ProviderStats]:
+        """Per-provider figures (this process's counts; shared ones too with Redis)."""
+        return {name: guard.stats() for name, guard in self._state.guards.items()}
+
+    def guard(self, provider: str) -> Guard:
+        """The guard of one provider (limiter, breaker, transport), for advanced use."""
+        state = self._state
+        return state.guards[state.config.provider(provider).name]
+
+    # -- lifecycle -------------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every transport and wake waiting threads. Idempotent."""
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            guards = list(self._state.guards.values()) + self._retired
+        for guard in guards:
+            guard.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = self._state
+        parts = []
+        for name, guard in state.guards.items():
+            limiter = guard.limiter
+            parts.append(
+                f"{name}(in_flight={limiter.in_flight}, queued={limiter.queued}, "
+                f"breaker={guard.breaker.state})"
+            )
+        status = "closed" if self._closed else "open"
+        return f"<Client {status} backend={state.config.backend!r} {' '.join(parts)}>"
+
+
+def _same_endpoint(old: ProviderConfig, new: ProviderConfig) -> bool:
+    return (
+        old.base_url == new.base_url
+        and old.model == new.model
+        and old.api == new.api
+        and old.api_key == new.api_key
+        and old.api_key_env == new.api_key_env
+        and old.headers == new.headers
+        and old.timeout == new.timeout
+    )
+
+
+def _make_request(
+    messages: Any,
+    max_tokens: int | None,
+    temperature: float | None,
+    params: Mapping[str, Any],
+    stream: bool = False,
+) -> ChatRequest:
+    if isinstance(messages, str):
+        messages = [{"role": "user", "content": messages}]
+    if not isinstance(messages, Sequence) or not messages:
+        raise BadRequestError("messages: expected a non-empty list of {'role', 'content'} dicts")
+    clean = []
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message:
+            raise BadRequestError(f"messages[{i}]: expected a dict with 'role' and 'content'")
+        clean.append(dict(message))
+    if max_tokens is not None and (
+        isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
+    ):
+        raise BadRequestError(f"max_tokens: expected a whole number >= 1, got {max_tokens!r}")
+    return ChatRequest(
+        messages=clean,
+        max_tokens=max_tokens,
+        temperature=temperature,
+        params=dict(params),
+        stream=stream,
+    )
+
+
+_CALL_OPTIONS = ("preferred_model", "chain", "timeout")
+
+
+def _item_request(item: Any) -> tuple[ChatRequest, dict[str, Any]]:
+    if isinstance(item, ChatRequest):
+        return item, {}
+    if isinstance(item, Mapping) and "messages" in item:
+        kwargs = dict(item)
+        extra = {k: kwargs.pop(k) for k in _CALL_OPTIONS if k in kwargs}
+        messages = kwargs.pop("messages")
+        max_tokens = kwargs.pop("max_tokens", None)
+        temperature = kwargs.pop("temperature", None)
+        return _make_request(messages, max_tokens, temperature, kwargs), extra
+    return _make_request(item, None, None, {}), {}
+
+
+def _progress_bar(total: int, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return None
+    return tqdm(total=total, unit="call", desc="ratelimit_sdk", leave=False)

@@ -1,0 +1,506 @@
+"""Stage 3 (per provider): breaker gate -> limiter permit -> provider.send -> classify -> record.
+
+A :class:`Guard` makes exactly one attempt on its provider and reports what it
+came to (:class:`AttemptResult`); whether to retry or move on is the chain's
+business. The permit is released in ``finally`` on every path (success, any
+exception, KeyboardInterrupt); the breaker hears the classified outcome after
+the request, never around it.
+
+:func:`build_guards` builds one guard per provider (limiter, transport, breaker)
+from a :class:`~ratelimit_sdk.config.ClientConfig`.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from ._redact import get_logger
+from .breaker import Breaker, Probe
+from .classify import classify, classify_failure, error_for
+from .clock import Clock
+from .config import ClientConfig, LimitsConfig, ProviderConfig
+from .errors import AcquireTimeout, CircuitOpenError, ProviderError, RateLimitSDKError
+from .hooks import Event, Hooks
+from .limiter import Limiter, Permit, from_backend
+from .models import (
+    Attempt,
+    BreakerVote,
+    ChatRequest,
+    Completion,
+    Outcome,
+    ProviderStats,
+    Reply,
+    Verdict,
+)
+from .providers import Provider, StreamReply, build_provider
+from .retry import Backoff
+
+__all__ = ["AttemptResult", "Cancelled", "Guard", "build_guards"]
+
+_log = get_logger("ratelimit_sdk.guard")
+
+#: How many recent admission waits each guard keeps for the p50/p95 figures.
+WAIT_SAMPLES = 1024
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptResult:
+    """One attempt's result: the record for the caller, plus what the chain needs."""
+
+    attempt: Attempt
+    verdict: Verdict | None = None
+    completion: Completion | None = None
+    stream: StreamReply | None = None
+    wait_hint: float = 0.0  # skipped providers: seconds until they may take a call
+
+    @property
+    def outcome(self) -> Outcome:
+        """The attempt's outcome."""
+        return self.attempt.outcome
+
+
+class Cancelled(BaseException):
+    """The call was cancelled (``Client.map`` interrupted); nothing more is sent.
+
+    A ``BaseException``, like KeyboardInterrupt, so that no ``except Exception``
+    on the way swallows it.
+    """
+
+
+class _Counters:
+    """Per-guard counters (this process). Updated under a small lock of their own."""
+
+    __slots__ = (
+        "errors",
+        "fallbacks",
+        "lock",
+        "ok",
+        "rate_limited",
+        "requests",
+        "retries",
+        "waits",
+    )
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.requests = 0
+        self.ok = 0
+        self.rate_limited = 0
+        self.errors = 0
+        self.retries = 0
+        self.fallbacks = 0
+        self.waits: deque[float] = deque(maxlen=WAIT_SAMPLES)
+
+
+def _percentile(samples: list[float], q: float) -> float:
+    if not samples:
+        return 0.0
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))
+    return ordered[index]
+
+
+class Guard:
+    """Everything between the chain and one provider. Thread-safe; one per provider."""
+
+    def __init__(
+        self,
+        config: ProviderConfig,
+        *,
+        limiter: Limiter,
+        provider: Provider,
+        breaker: Breaker,
+        clock: Clock,
+        hooks: Hooks,
+        pool_limits: LimitsConfig | None = None,
+    ) -> None:
+        self.config = config
+        self.name = config.name
+        self.limiter = limiter
+        self.provider = provider
+        self.breaker = breaker
+        self.clock = clock
+        self.hooks = hooks
+        self.backoff = Backoff(config.retry)
+        self._pool_limits = pool_limits
+        self._counters = _Counters()
+
+    # -- state the chain reads ----------------------------------------------------------
+
+    @property
+    def model(self) -> str:
+        """The model id this guard's provider is called with."""
+        return self.config.model
+
+    def unavailable_for(self) -> tuple[Outcome | None, float]:
+        """``(None, 0)`` if the provider may be tried now, else why not and for how long."""
+        if not self.breaker.would_allow():
+            return Outcome.CIRCUIT_OPEN, self.breaker.retry_after()
+        cool = self.limiter.cooldown_remaining()
+        if cool > 0:
+            return Outcome.COOLING_DOWN, cool
+        return None, 0.0
+
+    def can_take_now(self, request: ChatRequest) -> bool:
+        """Whether a call sent here now would be admitted at once (nothing is taken)."""
+        if self.unavailable_for()[0] is not None:
+            return False
+        try:
+            return self.limiter.would_admit(tokens=self._token_estimate(request))
+        except RateLimitSDKError:
+            return False
+
+    def _token_estimate(self, request: ChatRequest) -> int:
+        limits = self.config.limits
+        pool = self._pool_limits
+        if limits.tokens_per_minute is None and (pool is None or pool.tokens_per_minute is None):
+            return 0
+        budget = min(
+            b
+            for b in (limits.tokens_per_minute, None if pool is None else pool.tokens_per_minute)
+            if b is not None
+        )
+        return int(min(request.estimate_tokens(), budget))
+
+    # -- one attempt ----------------------------------------------------------------------
+
+    def attempt(
+        self,
+        request: ChatRequest,
+        *,
+        deadline: float,
+        max_wait: float | None,
+        retry_index: int = 0,
+        cancel: threading.Event | None = None,
+    ) -> AttemptResult:
+        """Make one attempt, bounded by ``deadline`` (monotonic) and ``max_wait`` for admission.
+
+        Never raises for provider trouble: every outcome comes back as a result
+        (``BadRequestError`` included, in ``attempt.error``). KeyboardInterrupt and
+        other BaseExceptions propagate after the permit is released.
+        """
+        clock = self.clock
+        started = clock.monotonic()
+        probe = self.breaker.allow()
+        if probe is None:
+            wait = self.breaker.retry_after()
+            opened = CircuitOpenError(
+                f"{self.name}: circuit breaker open", provider=self.name, retry_after=wait
+            )
+            return self._skip(Outcome.CIRCUIT_OPEN, opened, wait)
+        cool = self.limiter.cooldown_remaining()
+        if cool > 0:
+            self._give_back(probe)
+            error = ProviderError(
+                f"{self.name}: cooling down for {cool:.2f}s", provider=self.name, retry_after=cool
+            )
+            return self._skip(Outcome.COOLING_DOWN, error, cool)
+
+        remaining = deadline - started
+        admit_wait = remaining if max_wait is None else min(max_wait, remaining)
+        try:
+            permit = self.limiter.acquire(
+                timeout=max(0.0, admit_wait), tokens=self._token_estimate(request), cancel=cancel
+            )
+        except AcquireTimeout as exc:
+            self._give_back(probe)
+            if cancel is not None and cancel.is_set():
+                raise Cancelled from None
+            return self._skip(Outcome.BUSY, exc, 0.0, elapsed=clock.monotonic() - started)
+        except BaseException:
+            self._give_back(probe)
+            raise
+        if cancel is not None and cancel.is_set():  # nothing new is sent once cancelled
+            permit.release()
+            self._give_back(probe)
+            raise Cancelled
+        admitted = clock.monotonic()
+        with self._counters.lock:
+            self._counters.waits.append(admitted - started)
+        if request.stream:
+            return self._attempt_stream(request, permit, probe, deadline, started)
+        try:
+            verdict, completion = self._send(request, deadline, admitted)
+            if completion is not None and completion.usage is not None:
+                permit.settle(tokens=completion.usage.total_tokens)
+        except BaseException:
+            self._give_back(probe)
+            raise
+        finally:
+            permit.release()
+        return self._record(verdict, completion, probe, started, retry_index)
+
+    def _send(
+        self, request: ChatRequest, deadline: float, now: float
+    ) -> tuple[Verdict, Completion | None]:
+        left = max(0.001, deadline - now)
+        timeouts = self.config.timeout
+        try:
+            reply: Reply = self.provider.send(
+                request,
+                connect_timeout=min(timeouts.connect, left),
+                read_timeout=min(timeouts.read, left),
+            )
+        except ProviderError as exc:
+            return classify_failure(exc), None
+        verdict = classify(reply, now=self.clock.time())
+        return verdict, (reply.completion if verdict.outcome is Outcome.OK else None)
+
+    def _attempt_stream(
+        self, request: ChatRequest, permit: Permit, probe: Probe, deadline: float, started: float
+    ) -> AttemptResult:
+        left = max(0.001, deadline - self.clock.monotonic())
+        timeouts = self.config.timeout
+        try:
+            stream = self.provider.stream(
+                request,
+                connect_timeout=min(timeouts.connect, left),
+                read_timeout=min(timeouts.read, left),
+            )
+        except ProviderError as exc:
+            permit.release()
+            return self._record(classify_failure(exc), None, probe, started, 0)
+        except BaseException:
+            permit.release()
+            self._give_back(probe)
+            raise
+        if stream.reply is not None:  # not a stream: an error answer to classify
+            permit.release()
+            stream.close()
+            verdict = classify(stream.reply, now=self.clock.time())
+            if verdict.outcome is Outcome.OK:  # a non-streamed success: serve it whole
+                return self._record(verdict, stream.reply.completion, probe, started, 0)
+            return self._record(verdict, None, probe, started, 0)
+        ok = Verdict(Outcome.OK, BreakerVote.SUCCESS, retry_same=False, status=stream.status)
+        result = self._record(ok, None, probe, started, 0)
+        return AttemptResult(
+            attempt=result.attempt, verdict=ok, stream=_HeldStream(stream, permit, self).wrap()
+        )
+
+    # -- bookkeeping ---------------------------------------------------------------------------
+
+    def _give_back(self, probe: Probe) -> None:
+        if probe.is_probe:
+            self.breaker.record(BreakerVote.IGNORE, probe)
+
+    def _skip(
+        self, outcome: Outcome, error: BaseException, wait: float, elapsed: float = 0.0
+    ) -> AttemptResult:
+        _log.debug("%s: skipped (%s)", self.name, outcome.value)
+        attempt = Attempt(self.name, outcome, error=error, elapsed=elapsed)
+        self._emit(Event("attempt", self.name, outcome=outcome, error=error, elapsed=elapsed))
+        return AttemptResult(attempt=attempt, wait_hint=wait)
+
+    def _record(
+        self,
+        verdict: Verdict,
+        completion: Completion | None,
+        probe: Probe,
+        started: float,
+        retry_index: int,
+    ) -> AttemptResult:
+        outcome = verdict.outcome
+        error = None if outcome is Outcome.OK else error_for(verdict, self.name)
+        self.breaker.record(verdict.breaker, probe, error)
+        elapsed = self.clock.monotonic() - started
+        counters = self._counters
+        with counters.lock:
+            counters.requests += 1
+            if outcome is Outcome.OK:
+                counters.ok += 1
+            elif outcome in (Outcome.RATE_LIMITED, Outcome.QUOTA_EXHAUSTED):
+                counters.rate_limited += 1
+            else:
+                counters.errors += 1
+        cooldown = self._cooldown_for(verdict, retry_index)
+        if cooldown:
+            self.limiter.cooldown(cooldown)
+            level = _log.info if outcome is Outcome.OK else _log.warning
+            level("%s: %s; cooling down for %.2fs", self.name, outcome.value, cooldown)
+            self._emit(Event("cooldown", self.name, outcome=outcome, delay=cooldown))
+        if outcome in (Outcome.RATE_LIMITED, Outcome.QUOTA_EXHAUSTED):
+            self._emit(
+                Event("rate_limited", self.name, outcome=outcome, error=error, delay=cooldown)
+            )
+        _log.debug(
+            "%s: attempt %s in %.3fs%s",
+            self.name,
+            outcome.value,
+            elapsed,
+            f" ({verdict.message})" if verdict.message else "",
+        )
+        attempt = Attempt(self.name, outcome, error=error, elapsed=elapsed, status=verdict.status)
+        self._emit(Event("attempt", self.name, outcome=outcome, error=error, elapsed=elapsed))
+        return AttemptResult(attempt=attempt, verdict=verdict, completion=completion)
+
+    def _cooldown_for(self, verdict: Verdict, retry_index: int) -> float:
+        if verdict.outcome is Outcome.RATE_LIMITED:
+            return self.backoff.cooldown_for(retry_index, verdict.cooldown)
+        if verdict.outcome is Outcome.QUOTA_EXHAUSTED:
+            return verdict.cooldown or self.config.limits.quota_cooldown
+        return verdict.cooldown or 0.0
+
+    def count_retry(self) -> None:
+        """Count one retry on this provider (the chain decides them)."""
+        with self._counters.lock:
+            self._counters.retries += 1
+
+    def count_fallback(self) -> None:
+        """Count one move from this provider to the next (the chain decides them)."""
+        with self._counters.lock:
+            self._counters.fallbacks += 1
+
+    def _emit(self, event: Event) -> None:
+        if self.hooks:
+            self.hooks.emit(event)
+
+    # -- observation and control ------------------------------------------------------------------
+
+    def stats(self) -> ProviderStats:
+        """The figures of this guard for ``Client.stats()``."""
+        counters = self._counters
+        with counters.lock:
+            waits = list(counters.waits)
+            figures = {
+                "requests": counters.requests,
+                "ok": counters.ok,
+                "rate_limited": counters.rate_limited,
+                "errors": counters.errors,
+                "retries": counters.retries,
+                "fallbacks": counters.fallbacks,
+            }
+        snap = self.limiter.snapshot()
+        shared_fn = getattr(self.limiter, "shared_stats", None)
+        shared = None
+        if callable(shared_fn):
+            try:
+                shared = shared_fn()
+            except RateLimitSDKError:
+                shared = None
+        return ProviderStats(
+            name=self.name,
+            in_flight=snap.in_flight,
+            queued=snap.queued,
+            breaker_state=self.breaker.state,
+            tokens_available=snap.tokens,
+            cooldown_remaining=snap.cooldown_remaining,
+            wait_p50=_percentile(waits, 0.50),
+            wait_p95=_percentile(waits, 0.95),
+            limits=self.config.limits.model_dump(),
+            shared=shared,
+            **figures,
+        )
+
+    def apply(self, config: ProviderConfig) -> None:
+        """Take new limits, retry and breaker settings while running (same name, same URL)."""
+        self.limiter.update(**config.limits.limiter_kwargs())
+        self.breaker.reconfigure(config.breaker)
+        self.backoff = Backoff(config.retry)
+        self.config = config
+
+    def close(self) -> None:
+        """Close the transport and wake anybody waiting for admission."""
+        self.provider.close()
+        self.limiter.close()
+
+    def __repr__(self) -> str:
+        return f"<Guard {self.name} model={self.model!r} breaker={self.breaker.state}>"
+
+
+class _HeldStream:
+    """Ties a streaming answer to its permit: released when the stream ends, fails or closes."""
+
+    def __init__(self, stream: StreamReply, permit: Permit, guard: Guard) -> None:
+        self.stream = stream
+        self.permit = permit
+        self.guard = guard
+
+    def wrap(self) -> StreamReply:
+        stream, permit = self.stream, self.permit
+        original_close = stream.close
+
+        def close() -> None:
+            try:
+                original_close()
+            finally:
+                permit.release()
+
+        stream.close = close  # type: ignore[method-assign]
+        return stream
+
+
+def build_guards(
+    config: ClientConfig,
+    *,
+    clock: Clock,
+    hooks: Hooks,
+    limiter_factory: Any = None,
+) -> dict[str, Guard]:
+    """One guard per provider of ``config`` (limiters, pools, transports, breakers)."""
+    make = limiter_factory or from_backend
+    backend = config.backend
+    extra: dict[str, Any] = {}
+    if backend != "memory":
+        extra = {
+            "prefix": config.key_prefix,
+            "lease_timeout": config.lease_timeout,
+            "on_backend_error": config.on_backend_error,
+        }
+    pools = {
+        name: make(
+            **limits.limiter_kwargs(), backend=backend, key=f"pool:{name}", clock=clock, **extra
+        )
+        for name, limits in config.pools.items()
+    }
+
+    def on_change(provider: str, old: str, new: str) -> None:
+        if hooks:
+            name = {"open": "breaker_open", "closed": "breaker_close"}.get(new, "breaker_half_open")
+            hooks.emit(Event(name, provider, state=new))
+
+    guards: dict[str, Guard] = {}
+    for pc in config.providers:
+        api_key = pc.resolve_api_key()
+        pool_kwargs: dict[str, Any] = {}
+        if pc.pool is not None:
+            pool_kwargs = {"pool": pools[pc.pool], "pool_units": pc.pool_units}
+        limiter = make(
+            **pc.limits.limiter_kwargs(),
+            backend=backend,
+            key=pc.name,
+            clock=clock,
+            **extra,
+            **pool_kwargs,
+        )
+        storage = _breaker_storage(config, pc.name, limiter)
+        guards[pc.name] = Guard(
+            pc,
+            limiter=limiter,
+            provider=build_provider(pc, api_key=api_key, pool_size=pc.limits.max_concurrent),
+            breaker=Breaker(pc.name, pc.breaker, storage=storage, on_change=on_change),
+            clock=clock,
+            hooks=hooks,
+            pool_limits=None if pc.pool is None else config.pools[pc.pool],
+        )
+    return guards
+
+
+def _breaker_storage(config: ClientConfig, name: str, limiter: Limiter) -> Any:
+    """Pybreaker's Redis storage when the backend is Redis (one state for every process)."""
+    if config.backend == "memory":
+        return None
+    make_storage = getattr(limiter, "breaker_storage", None)
+    return make_storage(name) if callable(make_storage) else None
+
+
+def iter_stream(stream: StreamReply) -> Iterator[str]:
+    """Iterate a held stream's text, closing it (and releasing the permit) at the end."""
+    try:
+        yield from stream
+    finally:
+        stream.close()
