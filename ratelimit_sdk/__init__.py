@@ -13,7 +13,7 @@ Reading order (one call, top to bottom): :mod:`.client` -> :mod:`.chain`
 
 from __future__ import annotations
 
-from .client import NOT_GIVEN, Client
+from .client import Client
 from .config import (
     BreakerConfig,
     ClientConfig,
@@ -44,7 +44,6 @@ from .models import Attempt, ChatRequest, ChatResponse, Outcome, ProviderStats, 
 __version__ = "0.1.0"
 
 __all__ = [
-    "NOT_GIVEN",
     "AcquireTimeout",
     "AllProvidersFailed",
     "Attempt",
