@@ -49,7 +49,7 @@ CONTRACT = {
 
 
 def test_contract_names_are_exported_and_all_is_sorted() -> None:
-    assert CONTRACT <= set(ratelimit_sdk.__all__)
+    assert set(ratelimit_sdk.__all__) >= CONTRACT
     assert list(ratelimit_sdk.__all__) == sorted(ratelimit_sdk.__all__)
     for name in ratelimit_sdk.__all__:
         assert hasattr(ratelimit_sdk, name), name
