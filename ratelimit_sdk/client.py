@@ -14,7 +14,7 @@ import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, Literal, overload
 
 from ._redact import get_logger
 from .chain import Chain
@@ -24,6 +24,7 @@ from .errors import BadRequestError, ConfigError, RateLimitSDKError
 from .guard import Guard, build_guards
 from .hooks import HookFn, Hooks
 from .models import ChatRequest, ChatResponse, ProviderStats
+from .stream import ChatStream, finished_stream
 
 __all__ = ["NOT_GIVEN", "Client"]
 
@@ -119,6 +120,34 @@ class Client:
 
     # -- calls ---------------------------------------------------------------------------
 
+    @overload
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]] | str,
+        *,
+        preferred_model: str | None = ...,
+        chain: str | None = ...,
+        max_tokens: int | None = ...,
+        temperature: float | None = ...,
+        timeout: float | _NotGiven | None = ...,
+        stream: Literal[False] = ...,
+        **params: Any,
+    ) -> ChatResponse: ...
+
+    @overload
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]] | str,
+        *,
+        preferred_model: str | None = ...,
+        chain: str | None = ...,
+        max_tokens: int | None = ...,
+        temperature: float | None = ...,
+        timeout: float | _NotGiven | None = ...,
+        stream: Literal[True],
+        **params: Any,
+    ) -> ChatStream: ...
+
     def chat(
         self,
         messages: Sequence[Mapping[str, Any]] | str,
@@ -128,8 +157,9 @@ class Client:
         max_tokens: int | None = None,
         temperature: float | None = None,
         timeout: float | _NotGiven | None = NOT_GIVEN,
+        stream: bool = False,
         **params: Any,
-    ) -> ChatResponse:
+    ) -> ChatResponse | ChatStream:
         """Send one chat call through the chain and return the first good answer.
 
         ``messages``: OpenAI-style ``[{"role": ..., "content": ...}]`` (a plain
@@ -139,11 +169,51 @@ class Client:
         ``ClientConfig.timeout``; ``None``: no bound. Extra keyword arguments go
         into the request body as they are.
 
+        ``stream=True`` returns a :class:`~ratelimit_sdk.stream.ChatStream` of text
+        chunks instead; the provider's permit is held until the stream ends or is
+        closed, and fallback happens only before the first chunk.
+
         Raises ``BadRequestError`` (the request itself is wrong; no fallback) or
         ``AllProvidersFailed`` (with every attempt).
         """
-        request = _make_request(messages, max_tokens, temperature, params)
+        request = _make_request(messages, max_tokens, temperature, params, stream=stream)
+        if stream:
+            return self._run_stream(request, preferred_model, chain, timeout)
         return self._run(request, preferred_model, chain, timeout, None)
+
+    def chat_stream(self, messages: Sequence[Mapping[str, Any]] | str, **kwargs: Any) -> ChatStream:
+        """``chat(messages, stream=True, **kwargs)``: an iterator of text chunks."""
+        kwargs["stream"] = True
+        result: ChatStream = self.chat(messages, **kwargs)
+        return result
+
+    def _deadline(self, state: _State, timeout: float | _NotGiven | None) -> float:
+        limit = state.config.timeout if isinstance(timeout, _NotGiven) else timeout
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit >= 0
+        ):
+            raise ValueError(f"timeout must be a number >= 0 or None, got {limit!r}")
+        return math.inf if limit is None else self._clock.monotonic() + limit
+
+    def _run_stream(
+        self,
+        request: ChatRequest,
+        preferred_model: str | None,
+        chain_name: str | None,
+        timeout: float | _NotGiven | None,
+    ) -> ChatStream:
+        if self._closed:
+            raise RateLimitSDKError("client is closed")
+        state = self._state
+        chain = self._pick_chain(state, preferred_model, chain_name)
+        _, result, attempts = chain.run(request, deadline=self._deadline(state, timeout))
+        assert result is not None
+        if result.stream is None:  # the provider answered without streaming: serve it whole
+            completion = result.completion
+            assert completion is not None
+            return finished_stream(completion.content, result.attempt.provider, attempts)
+        result.stream.attempts = tuple(attempts)
+        return result.stream
 
     def _run(
         self,
@@ -157,11 +227,7 @@ class Client:
             raise RateLimitSDKError("client is closed")
         state = self._state
         chain = self._pick_chain(state, preferred_model, chain_name)
-        now = self._clock.monotonic()
-        limit = state.config.timeout if isinstance(timeout, _NotGiven) else timeout
-        if limit is not None and not (isinstance(limit, (int, float)) and limit >= 0):
-            raise ValueError(f"timeout must be a number >= 0 or None, got {limit!r}")
-        deadline = math.inf if limit is None else now + limit
+        deadline = self._deadline(state, timeout)
         response, _, _ = chain.run(request, deadline=deadline, cancel=cancel)
         assert response is not None
         return response

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,8 +36,9 @@ from .models import (
     Reply,
     Verdict,
 )
-from .providers import Provider, StreamReply, build_provider
+from .providers import Provider, build_provider
 from .retry import Backoff
+from .stream import ChatStream
 
 __all__ = ["AttemptResult", "Cancelled", "Guard", "build_guards"]
 
@@ -55,7 +55,7 @@ class AttemptResult:
     attempt: Attempt
     verdict: Verdict | None = None
     completion: Completion | None = None
-    stream: StreamReply | None = None
+    stream: ChatStream | None = None
     wait_hint: float = 0.0  # skipped providers: seconds until they may take a call
 
     @property
@@ -273,14 +273,27 @@ class Guard:
             permit.release()
             stream.close()
             verdict = classify(stream.reply, now=self.clock.time())
-            if verdict.outcome is Outcome.OK:  # a non-streamed success: serve it whole
-                return self._record(verdict, stream.reply.completion, probe, started, 0)
-            return self._record(verdict, None, probe, started, 0)
+            completion = stream.reply.completion if verdict.outcome is Outcome.OK else None
+            return self._record(verdict, completion, probe, started, 0)
+        # Read up to the first text chunk: until then, a failure is an ordinary attempt
+        # the chain may retry or fall back from.
+        try:
+            first = next(iter(stream), None)
+        except ProviderError as exc:
+            stream.close()
+            permit.release()
+            return self._record(classify_failure(exc), None, probe, started, 0)
+        except BaseException:
+            stream.close()
+            permit.release()
+            self._give_back(probe)
+            raise
         ok = Verdict(Outcome.OK, BreakerVote.SUCCESS, retry_same=False, status=stream.status)
         result = self._record(ok, None, probe, started, 0)
-        return AttemptResult(
-            attempt=result.attempt, verdict=ok, stream=_HeldStream(stream, permit, self).wrap()
+        held = ChatStream(
+            stream, provider=self.name, model=stream.model or self.model, first=first, permit=permit
         )
+        return AttemptResult(attempt=result.attempt, verdict=ok, stream=held)
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -412,28 +425,6 @@ class Guard:
         return f"<Guard {self.name} model={self.model!r} breaker={self.breaker.state}>"
 
 
-class _HeldStream:
-    """Ties a streaming answer to its permit: released when the stream ends, fails or closes."""
-
-    def __init__(self, stream: StreamReply, permit: Permit, guard: Guard) -> None:
-        self.stream = stream
-        self.permit = permit
-        self.guard = guard
-
-    def wrap(self) -> StreamReply:
-        stream, permit = self.stream, self.permit
-        original_close = stream.close
-
-        def close() -> None:
-            try:
-                original_close()
-            finally:
-                permit.release()
-
-        stream.close = close  # type: ignore[method-assign]
-        return stream
-
-
 def build_guards(
     config: ClientConfig,
     *,
@@ -496,11 +487,3 @@ def _breaker_storage(config: ClientConfig, name: str, limiter: Limiter) -> Any:
         return None
     make_storage = getattr(limiter, "breaker_storage", None)
     return make_storage(name) if callable(make_storage) else None
-
-
-def iter_stream(stream: StreamReply) -> Iterator[str]:
-    """Iterate a held stream's text, closing it (and releasing the permit) at the end."""
-    try:
-        yield from stream
-    finally:
-        stream.close()
