@@ -9,18 +9,25 @@ changed while calls are running (``update_limits``, ``reload``).
 
 from __future__ import annotations
 
+import functools
 import math
 import threading
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Final, Literal, overload
+from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
 
 from ._redact import get_logger
 from .chain import Chain
 from .clock import SYSTEM_CLOCK, Clock
 from .config import ClientConfig, LimitsConfig, ProviderConfig
-from .errors import BadRequestError, ConfigError, RateLimitSDKError
+from .errors import (
+    AcquireTimeout,
+    BadRequestError,
+    CircuitOpenError,
+    ConfigError,
+    RateLimitSDKError,
+)
 from .guard import Guard, build_guards
 from .hooks import HookFn, Hooks
 from .models import ChatRequest, ChatResponse, ProviderStats
@@ -29,6 +36,9 @@ from .stream import ChatStream, finished_stream
 __all__ = ["NOT_GIVEN", "Client"]
 
 _log = get_logger("ratelimit_sdk.client")
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class _NotGiven:
@@ -385,6 +395,49 @@ class Client:
             wake = getattr(guard.limiter, "wake_all", None)
             if callable(wake):
                 wake()
+
+    # -- any callable -------------------------------------------------------------------------
+
+    def guarded(
+        self,
+        provider: str,
+        *,
+        retry_on: tuple[type[BaseException], ...] = (Exception,),
+        timeout: float | _NotGiven | None = NOT_GIVEN,
+    ) -> Callable[[Callable[P, T]], Callable[P, T]]:
+        """Decorate any callable so each call gets ``provider``'s limits, breaker and retries.
+
+        ``@client.guarded("kimi")`` on a function that calls some other API: each
+        call waits for admission (FIFO, through cooldowns), counts for the breaker,
+        and is retried after the provider's backoff when it raises one of
+        ``retry_on`` (a ``requests``/``httpx`` error carrying a 429 also sets a
+        cooldown from its Retry-After). ``timeout`` bounds waits and retries
+        together (omitted: ``ClientConfig.timeout``). The last error is re-raised.
+        """
+        guard = self.guard(provider)
+
+        def decorator(fn: Callable[P, T]) -> Callable[P, T]:
+            @functools.wraps(fn)
+            def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
+                deadline = self._deadline(self._state, timeout)
+                retries = 0
+                while True:
+                    try:
+                        return guard.call(fn, args, kwargs, deadline=deadline, failures=retry_on)
+                    except (CircuitOpenError, AcquireTimeout):
+                        raise
+                    except retry_on as exc:
+                        wait = guard.backoff.next_wait(retries, getattr(exc, "retry_after", None))
+                        if wait is None or self._clock.monotonic() + wait >= deadline:
+                            raise
+                        retries += 1
+                        guard.count_retry()
+                        _log.info("%s: %r; retry %d in %.2fs", guard.name, exc, retries, wait)
+                        self._clock.sleep(wait)
+
+            return wrapper
+
+        return decorator
 
     # -- control -----------------------------------------------------------------------------
 

@@ -15,12 +15,13 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ._redact import get_logger
 from .breaker import Breaker, Probe
-from .classify import classify, classify_failure, error_for
+from .classify import classify, classify_failure, error_for, server_wait
 from .clock import Clock
 from .config import ClientConfig, LimitsConfig, ProviderConfig
 from .errors import AcquireTimeout, CircuitOpenError, ProviderError, RateLimitSDKError
@@ -43,6 +44,8 @@ from .stream import ChatStream
 __all__ = ["AttemptResult", "Cancelled", "Guard", "build_guards"]
 
 _log = get_logger("ratelimit_sdk.guard")
+
+T = TypeVar("T")
 
 #: How many recent admission waits each guard keeps for the p50/p95 figures.
 WAIT_SAMPLES = 1024
@@ -295,6 +298,71 @@ class Guard:
         )
         return AttemptResult(attempt=result.attempt, verdict=ok, stream=held)
 
+    # -- any callable --------------------------------------------------------------------------
+
+    def call(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        deadline: float,
+        failures: tuple[type[BaseException], ...] = (Exception,),
+    ) -> T:
+        """Run ``fn(*args, **kwargs)`` under this provider's breaker and limits (one try).
+
+        Raises ``CircuitOpenError`` when the breaker is open and ``AcquireTimeout``
+        when admission does not come before ``deadline`` (waiting through any
+        cooldown). An exception in ``failures`` counts against the breaker; one that
+        carries an HTTP 429 (``exc.response.status_code``) sets a cooldown from its
+        Retry-After instead. The permit is released on every path.
+        """
+        probe = self.breaker.allow()
+        if probe is None:
+            wait = self.breaker.retry_after()
+            raise CircuitOpenError(
+                f"{self.name}: circuit breaker open", provider=self.name, retry_after=wait
+            )
+        started = self.clock.monotonic()
+        max_wait = self.config.limits.max_queue_wait
+        remaining = max(0.0, deadline - started)
+        try:
+            permit = self.limiter.acquire(
+                timeout=remaining if max_wait is None else min(max_wait, remaining)
+            )
+        except BaseException:
+            self._give_back(probe)
+            raise
+        with self._counters.lock:
+            self._counters.waits.append(self.clock.monotonic() - started)
+            self._counters.requests += 1
+        try:
+            result = fn(*args, **kwargs)
+        except failures as exc:
+            throttle = _http_throttle(exc, self.clock.time())
+            with self._counters.lock:
+                if throttle is None:
+                    self._counters.errors += 1
+                else:
+                    self._counters.rate_limited += 1
+            if throttle is None:
+                self.breaker.record(BreakerVote.FAILURE, probe, exc)
+            else:
+                self._give_back(probe)
+                wait = throttle or self.backoff.delay(0)
+                self.limiter.cooldown(wait)
+                self._emit(Event("cooldown", self.name, outcome=Outcome.RATE_LIMITED, delay=wait))
+            raise
+        except BaseException:
+            self._give_back(probe)
+            raise
+        finally:
+            permit.release()
+        with self._counters.lock:
+            self._counters.ok += 1
+        self.breaker.record(BreakerVote.SUCCESS, probe)
+        return result
+
     # -- bookkeeping ---------------------------------------------------------------------------
 
     def _give_back(self, probe: Probe) -> None:
@@ -423,6 +491,24 @@ class Guard:
 
     def __repr__(self) -> str:
         return f"<Guard {self.name} model={self.model!r} breaker={self.breaker.state}>"
+
+
+def _http_throttle(exc: BaseException, now: float) -> float | None:
+    """For an exception carrying an HTTP 429 answer: the server's wait (0.0 if unsaid).
+
+    ``None`` when the exception is not a rate limit. Reads ``exc.response`` as
+    ``requests`` and ``httpx`` errors carry it.
+    """
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    if status != 429:
+        return None
+    headers = getattr(response, "headers", None) or {}
+    try:
+        wait = server_wait({str(k).lower(): str(v) for k, v in dict(headers).items()}, now)
+    except Exception:  # a foreign object with odd headers: treat as "unsaid"
+        wait = None
+    return wait or 0.0
 
 
 def build_guards(
