@@ -17,6 +17,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
 
+from ._display import StatsTable, stats_html
 from ._redact import get_logger
 from .chain import Chain
 from .clock import SYSTEM_CLOCK, Clock
@@ -500,8 +501,16 @@ class Client:
     # -- observation ---------------------------------------------------------------------------
 
     def stats(self) -> dict[str, ProviderStats]:
-        """Per-provider figures (this process's counts; shared ones too with Redis)."""
-        return {name: guard.stats() for name, guard in self._state.guards.items()}
+        """Per-provider figures (this process's counts; shared ones too with Redis).
+
+        A plain dict; in Jupyter it renders as a table.
+        """
+        return StatsTable((name, guard.stats()) for name, guard in self._state.guards.items())
+
+    def _repr_html_(self) -> str:
+        status = "closed" if self._closed else "open"
+        title = f"ratelimit_sdk.Client ({status}, backend {self._state.config.backend})"
+        return stats_html(self.stats().values(), title)
 
     def guard(self, provider: str) -> Guard:
         """The guard of one provider (limiter, breaker, transport), for advanced use."""
