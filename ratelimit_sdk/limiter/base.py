@@ -7,7 +7,6 @@ server, :mod:`.redis`). Both honour the same guarantees (DESIGN.md section 3).
 
 from __future__ import annotations
 
-import abc
 import contextlib
 import importlib
 import math
@@ -77,6 +76,10 @@ def from_backend(backend: str = "memory", **kwargs: Any) -> Limiter:
     return backend_class(backend)(backend=backend, **kwargs)
 
 
+def _unimplemented(limiter: object, method: str) -> TypeError:
+    return TypeError(f"{type(limiter).__name__} does not implement Limiter.{method}()")
+
+
 class Permit:
     """Admission to make one request: hold it while the request runs, then release it.
 
@@ -143,7 +146,7 @@ class Permit:
         return f"<Permit units={self.units} tokens={self.tokens} {state}>"
 
 
-class Limiter(abc.ABC):
+class Limiter:
     """Admission control for one provider (or any API): concurrency, rate, spacing, cooldown.
 
     ``Limiter(max_concurrent=4, requests_per_minute=600, burst=5, min_interval=0.0,
@@ -165,7 +168,6 @@ class Limiter(abc.ABC):
 
     # -- admission --------------------------------------------------------------------
 
-    @abc.abstractmethod
     def acquire(
         self,
         timeout: float | None = None,
@@ -182,10 +184,11 @@ class Limiter(abc.ABC):
         timeout, and RequestTooLargeError when ``units`` or ``tokens`` can never
         fit the limits.
         """
+        raise _unimplemented(self, "acquire")
 
-    @abc.abstractmethod
     def try_acquire(self, *, units: int = 1, tokens: int = 0) -> Permit | None:
         """Admit now if every limit allows it (and nobody waits ahead), else ``None``."""
+        raise _unimplemented(self, "try_acquire")
 
     def would_admit(self, *, units: int = 1, tokens: int = 0) -> bool:
         """Whether an acquire now would be admitted at once. Takes nothing; only a look.
@@ -214,7 +217,6 @@ class Limiter(abc.ABC):
 
     # -- control ------------------------------------------------------------------------
 
-    @abc.abstractmethod
     def update(self, **limits: Any) -> None:
         """Change any limit while running; ``None`` removes a limit.
 
@@ -223,44 +225,43 @@ class Limiter(abc.ABC):
         admits nobody until in-flight is under the new value; raising it admits
         waiting threads at once.
         """
+        raise _unimplemented(self, "update")
 
-    @abc.abstractmethod
     def cooldown(self, seconds: float) -> None:
         """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""
+        raise _unimplemented(self, "cooldown")
 
-    def wake_all(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+    def wake_all(self) -> None:
         """Wake waiting threads so they re-check their cancel flags (default: nothing to do)."""
 
-    @abc.abstractmethod
     def close(self) -> None:
         """Release resources (connections); waiting threads get AcquireTimeout."""
+        raise _unimplemented(self, "close")
 
     # -- observation ----------------------------------------------------------------------
 
     @property
-    @abc.abstractmethod
     def in_flight(self) -> int:
         """Concurrency units held now (this process)."""
+        raise _unimplemented(self, "in_flight")
 
     @property
-    @abc.abstractmethod
     def queued(self) -> int:
         """Threads waiting for admission now (this process)."""
+        raise _unimplemented(self, "queued")
 
-    @abc.abstractmethod
     def cooldown_remaining(self) -> float:
         """Seconds until the current cooldown ends (0.0: none)."""
+        raise _unimplemented(self, "cooldown_remaining")
 
-    @abc.abstractmethod
     def snapshot(self) -> LimiterSnapshot:
         """A consistent view of the limits and the state."""
+        raise _unimplemented(self, "snapshot")
 
     # -- used by Permit -------------------------------------------------------------------
 
-    @abc.abstractmethod
     def _release(self, permit: Permit) -> None: ...
 
-    @abc.abstractmethod
     def _settle(self, permit: Permit, diff: int) -> None: ...
 
     def _release_from_gc(self, permit: Permit) -> None:

@@ -138,7 +138,8 @@ class FakeProvider:
        server-sent events in ``stream_chunks`` pieces (``stream_delay`` seconds
        apart) when the body says ``"stream": true``. With a bucket and
        ``rate_limit_headers``, it carries the remaining/reset headers:
-       ``x-ratelimit-limit-requests``, ``x-ratelimit-remaining-requests`` and
+       ``x-ratelimit-limit-requests`` (the bucket's capacity),
+       ``x-ratelimit-remaining-requests`` and
        ``x-ratelimit-reset-requests`` (a Go duration until the bucket is full
        again, OpenAI's meaning) on the OpenAI path; ``anthropic-ratelimit-
        requests-limit|remaining|reset`` (RFC 3339) on the Anthropic path.
@@ -620,7 +621,10 @@ class FakeProvider:
             return _Admission(self._pick_action(), headers)
 
     def _bucket_headers(self, bucket: TokenBucket, wire: _wire.Wire) -> list[tuple[str, str]]:
-        limit, remaining = _number(bucket.per_minute), str(bucket.remaining())
+        # The limit reported is the bucket's capacity, so that "reset" (the time until the
+        # bucket is full again) divided by "limit" is the time per request, as it is for
+        # OpenAI, whose per-minute bucket holds a whole minute's requests.
+        limit, remaining = str(bucket.capacity), str(bucket.remaining())
         if wire == "anthropic":
             full_at = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(
                 seconds=bucket.time_to_full()
