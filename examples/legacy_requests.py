@@ -15,8 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import requests
 
-from ratelimit_sdk import Limiter
-from ratelimit_sdk.adapter import RateLimitAdapter
+from ratelimit_sdk import Limiter, RateLimitAdapter
 from ratelimit_sdk.testing import FakeProvider, Respond
 
 
@@ -36,7 +35,7 @@ def main() -> None:
     with FakeProvider("api", max_concurrency=2, latency=0.02) as fake:
         fake.script([Respond.rate_limited(retry_after=1)])  # one throttled answer
 
-        limiter = Limiter(max_concurrent=2)  # type: ignore[abstract]  # what the API allows
+        limiter = Limiter(max_concurrent=2)
         session = requests.Session()
         # The one new line: everything under this prefix goes through the limiter.
         # retry_on_429=2: a 429 is re-sent (after its cooldown) instead of raised.

@@ -13,6 +13,7 @@ Reading order (one call, top to bottom): :mod:`.client` -> :mod:`.chain`
 
 from __future__ import annotations
 
+from .adapter import RateLimitAdapter
 from .client import Client
 from .config import (
     BreakerConfig,
@@ -40,6 +41,7 @@ from .errors import (
 from .hooks import Event
 from .limiter import Limiter, Permit
 from .models import Attempt, ChatRequest, ChatResponse, Outcome, ProviderStats, Usage
+from .stream import ChatStream
 
 __version__ = "0.1.0"
 
@@ -52,6 +54,7 @@ __all__ = [
     "BreakerConfig",
     "ChatRequest",
     "ChatResponse",
+    "ChatStream",
     "CircuitOpenError",
     "Client",
     "ClientConfig",
@@ -67,6 +70,7 @@ __all__ = [
     "ProviderStats",
     "ProviderTimeout",
     "QuotaExhaustedError",
+    "RateLimitAdapter",
     "RateLimitSDKError",
     "RateLimitedError",
     "RequestTooLargeError",
