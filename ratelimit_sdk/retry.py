@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from .config import RetryConfig
@@ -25,18 +26,18 @@ class Backoff:
     """The retry policy of one provider. Immutable, safe to share across threads.
 
     ``rand`` draws the jitter fraction in [0, 1); pass a seeded ``random.Random().random``
-    in tests, or a constant.
+    in tests, or a constant (a float used as every draw).
     """
 
     config: RetryConfig
-    rand: object = field(default=random.random, compare=False, repr=False)
+    rand: Callable[[], float] | float = field(default=random.random, compare=False, repr=False)
 
     def delay(self, n: int) -> float:
         """The backoff before retry ``n`` (0-based), jitter included, capped at ``max_delay``."""
         cfg = self.config
         if n < 0:
             raise ValueError(f"retry number must be >= 0, got {n!r}")
-        draw = self.rand() if callable(self.rand) else 0.0
+        draw = self.rand() if callable(self.rand) else self.rand
         exponent = min(n, 64)  # 2**64 s is already past any cap
         raw = cfg.base_delay * math.pow(2.0, exponent) * (1.0 + float(draw) * cfg.jitter)
         return min(cfg.max_delay, raw)

@@ -1,0 +1,131 @@
+"""Backoff (retry.py): the delay formula, jitter bounds, the max_delay cap, Retry-After fit.
+
+Pure tables: a constant or seeded ``rand`` makes every value exact.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Callable
+
+import pytest
+
+from ratelimit_sdk.config import RetryConfig
+from ratelimit_sdk.retry import Backoff
+
+
+def backoff(rand: Callable[[], float] | float = 0.0, **config: float) -> Backoff:
+    settings = {"max_retries": 3, "base_delay": 1.0, "max_delay": 60.0, "jitter": 0.25}
+    settings.update(config)
+    return Backoff(RetryConfig(**settings), rand=rand)
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [(0, 1.0), (1, 2.0), (2, 4.0), (3, 8.0), (4, 16.0), (5, 32.0), (6, 60.0), (7, 60.0)],
+)
+def test_delay_doubles_from_base_delay_and_is_capped(n: int, expected: float) -> None:
+    assert backoff(lambda: 0.0).delay(n) == expected
+
+
+@pytest.mark.parametrize(
+    ("draw", "expected"),
+    [(0.0, 4.0), (0.5, 4.5), (0.999, 4.999)],
+)
+def test_jitter_adds_draw_times_jitter(draw: float, expected: float) -> None:
+    assert backoff(lambda: draw).delay(2) == pytest.approx(expected)
+
+
+def test_a_constant_rand_is_the_draw() -> None:
+    assert backoff(0.5).delay(2) == pytest.approx(4.5)
+    assert backoff(0.0).delay(2) == 4.0
+
+
+def test_jitter_stays_in_bounds_with_a_seeded_rand() -> None:
+    policy = backoff(random.Random(1234).random, base_delay=0.5, jitter=0.4, max_delay=1e6)
+    for n in range(6):
+        low = 0.5 * 2**n
+        draws = [policy.delay(n) for _ in range(200)]
+        assert all(low <= d <= low * 1.4 for d in draws)
+        assert len(set(draws)) > 100  # it really is random
+        assert max(draws) > low * 1.3 and min(draws) < low * 1.1
+
+
+def test_zero_jitter_is_exact_whatever_the_draw() -> None:
+    assert backoff(lambda: 0.9, jitter=0.0).delay(3) == 8.0
+
+
+def test_the_cap_applies_after_jitter() -> None:
+    policy = backoff(lambda: 0.99, base_delay=1.0, jitter=1.0, max_delay=3.0)
+    assert policy.delay(1) == 3.0  # 2 * 1.99 would be 3.98
+
+
+def test_huge_retry_numbers_do_not_overflow() -> None:
+    assert backoff(lambda: 0.5).delay(10_000) == 60.0
+
+
+def test_zero_base_delay_means_no_wait() -> None:
+    assert backoff(lambda: 0.5, base_delay=0.0).delay(5) == 0.0
+
+
+def test_negative_retry_number_is_refused() -> None:
+    with pytest.raises(ValueError, match="retry number"):
+        backoff().delay(-1)
+
+
+# -- next_wait: retry or stop ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "retry_after", "expected"),
+    [
+        (0, None, 1.0),  # plain backoff
+        (2, None, 4.0),
+        (0, 0.5, 1.0),  # the server asks less than the backoff: backoff wins
+        (0, 7.0, 7.0),  # the server asks more: its wait wins
+        (1, 60.0, 60.0),  # exactly max_delay still fits
+        (0, 60.01, None),  # longer than max_delay: stop retrying here, move on
+        (0, 3600.0, None),
+        (3, None, None),  # max_retries reached
+        (4, 1.0, None),
+    ],
+)
+def test_next_wait(n: int, retry_after: float | None, expected: float | None) -> None:
+    assert backoff(lambda: 0.0).next_wait(n, retry_after) == expected
+
+
+def test_max_retries_zero_means_one_try_only() -> None:
+    assert backoff(max_retries=0).next_wait(0) is None
+
+
+@pytest.mark.parametrize("max_retries", [0, 1, 2, 5])
+def test_exactly_max_retries_waits_are_granted(max_retries: int) -> None:
+    policy = backoff(lambda: 0.0, max_retries=max_retries, base_delay=0.01)
+    granted = 0
+    while policy.next_wait(granted) is not None:
+        granted += 1
+        assert granted <= 100
+    assert granted == max_retries
+
+
+def test_next_wait_is_capped_by_max_delay_too() -> None:
+    policy = backoff(lambda: 0.0, max_retries=10, base_delay=1.0, max_delay=5.0)
+    assert policy.next_wait(8) == 5.0
+
+
+# -- the cooldown a rate-limit answer sets ---------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("n", "retry_after", "expected"),
+    [(0, 30.0, 30.0), (2, 0.25, 0.25), (0, None, 1.0), (1, None, 2.0), (1, 0.0, 2.0)],
+)
+def test_cooldown_for(n: int, retry_after: float | None, expected: float) -> None:
+    assert backoff(lambda: 0.0).cooldown_for(n, retry_after) == expected
+
+
+def test_backoff_is_a_shareable_value() -> None:
+    config = RetryConfig(max_retries=1)
+    assert Backoff(config) == Backoff(config, rand=lambda: 0.3)
+    assert math.isfinite(Backoff(config).delay(0))
