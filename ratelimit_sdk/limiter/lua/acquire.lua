@@ -1,0 +1,144 @@
+-- acquire: admit one request now, or say how long to wait. One call per attempt.
+--
+-- KEYS: cfg st leases q qx of the limiter [, the same five of its pool]
+-- ARGV: 1 id (ticket and lease id), 2 units, 3 tokens, 4 lease ttl (us),
+--       5 ticket ttl (us), 6 arrival estimate (server us; 0: now),
+--       7 mode ('w': wait in line, 't': try, never queue), 8 spec, 9 origin, 10 channel,
+--       [11 pool units, 12 pool spec, 13 pool origin, 14 pool channel]
+-- Reply: {status, wait (us), server now (us), 6 limit fields, [6 pool limit fields]}
+--   status 1: admitted (lease held); 0: wait ``wait`` us then call again;
+--   -1: wait for a wake-up (a release, or the line to move); -2: can never fit.
+--
+-- FIFO: a waiter registers a ticket scored by its arrival; only the first ticket of
+-- a limiter may be admitted. A pool member whose own limits allow the request but
+-- whose pool does not also holds a ticket in the pool's line, so a big request for
+-- the pool is not overtaken by later small ones of other members.
+
+local now = now_us()
+local id = ARGV[1]
+local units = tonumber(ARGV[2])
+local tokens = tonumber(ARGV[3])
+local lease_ttl = tonumber(ARGV[4])
+local ticket_ttl = tonumber(ARGV[5])
+local arrival = tonumber(ARGV[6])
+local waiting = ARGV[7] == 'w'
+
+local function side(i, spec, origin, channel)
+  local L = {
+    st_key = KEYS[i + 1], leases = KEYS[i + 2], q = KEYS[i + 3], qx = KEYS[i + 4],
+    channel = channel,
+  }
+  L.cfg = load_cfg(KEYS[i], spec, origin)
+  L.st = load_state(L.st_key)
+  local expired, dead
+  L.held, L.holders, expired = held_units(L.leases, now)
+  dead = purge_tickets(L.q, L.qx, now)
+  if expired > 0 or dead > 0 then
+    wake(L.q, channel, 'r')
+  end
+  return L
+end
+
+local M = side(1, ARGV[8], ARGV[9], ARGV[10])
+local P = nil
+local pool_units = 0
+if #KEYS > 5 then
+  P = side(6, ARGV[12], ARGV[13], ARGV[14])
+  pool_units = tonumber(ARGV[11])
+end
+
+local function reply(status, wait)
+  local out = {status, fmt(wait), fmt(now)}
+  for _, v in ipairs(cfg_reply(M.cfg)) do
+    out[#out + 1] = v
+  end
+  if P then
+    for _, v in ipairs(cfg_reply(P.cfg)) do
+      out[#out + 1] = v
+    end
+  end
+  return out
+end
+
+local function leave(L)
+  redis.call('ZREM', L.q, id)
+  redis.call('ZREM', L.qx, id)
+end
+
+-- Requests that can never fit the current limits.
+if (M.cfg.mc and units > M.cfg.mc) or (M.cfg.tpm and tokens > M.cfg.tpm) then
+  return reply(-2, 0)
+end
+if P and ((P.cfg.mc and pool_units > P.cfg.mc) or (P.cfg.tpm and tokens > P.cfg.tpm)) then
+  return reply(-2, 0)
+end
+
+-- Take a place in line (or keep it) and refresh the ticket.
+local myscore = nil
+if waiting then
+  myscore = tonumber(redis.call('ZSCORE', M.q, id))
+  if not myscore then
+    myscore = now
+    if arrival and arrival > 0 and arrival < now then
+      myscore = arrival
+    end
+    redis.call('ZADD', M.q, fmt(myscore), id)
+  end
+  redis.call('ZADD', M.qx, fmt(now + ticket_ttl), id)
+  if P and redis.call('ZSCORE', P.q, id) then
+    redis.call('ZADD', P.qx, fmt(now + ticket_ttl), id)
+  end
+  if redis.call('ZRANK', M.q, id) > 0 then
+    if P then
+      leave(P)
+    end
+    return reply(-1, 0)
+  end
+elseif redis.call('ZCARD', M.q) > 0 then
+  return reply(-1, 0)  -- someone waits: a try never overtakes
+end
+
+local own = delay(M, units, tokens, now)
+if own > 0 then
+  if P and waiting then
+    leave(P)  -- held back by its own limits: it does not hold the pool's line
+  end
+  if own == INF then
+    return reply(-1, 0)
+  end
+  return reply(0, own)
+end
+
+if P then
+  local d_pool = delay(P, pool_units, tokens, now)
+  local ahead
+  if waiting then
+    ahead = redis.call('ZCOUNT', P.q, '-inf', '(' .. fmt(myscore)) > 0
+  else
+    ahead = redis.call('ZCARD', P.q) > 0
+  end
+  if d_pool > 0 or ahead then
+    if waiting then
+      redis.call('ZADD', P.q, 'NX', fmt(myscore), id)
+      redis.call('ZADD', P.qx, fmt(now + ticket_ttl), id)
+    end
+    if ahead or d_pool == INF then
+      return reply(-1, 0)
+    end
+    return reply(0, d_pool)
+  end
+end
+
+take(M, id, units, tokens, now, lease_ttl)
+if P then
+  take(P, id, pool_units, tokens, now, lease_ttl)
+end
+if waiting then
+  leave(M)
+  wake(M.q, M.channel, 'q')
+  if P then
+    leave(P)
+    wake(P.q, P.channel, 'q')
+  end
+end
+return reply(1, 0)

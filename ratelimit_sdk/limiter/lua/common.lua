@@ -1,0 +1,200 @@
+-- ratelimit_sdk: helpers shared by every limiter script (prepended to each one by redis.py).
+--
+-- Time is the Redis server's (TIME), in integer microseconds, so every process and
+-- host reads one clock. Keys of one limiter (``{prefix}:{key}`` below):
+--   :cfg     hash  limits: mc rpm burst mi tpm ("" = no limit), v (version), o (origin)
+--   :st      hash  state:  bl bt (request bucket level, stamp), tl tt (LLM token bucket),
+--                         last (last start), cu (cooldown until)
+--   :leases  zset  concurrency holders "<id>|<units>" scored by lease expiry
+--   :q       zset  waiting tickets scored by arrival (FIFO across processes)
+--   :qx      zset  the same tickets scored by expiry (a crashed waiter's ticket goes away)
+-- Numbers travel as strings formatted with %.17g (exact for doubles).
+
+local INF = math.huge
+local EPS = 1e-9
+
+local function fmt(x)
+  return string.format('%.17g', x)
+end
+
+local function now_us()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000000 + tonumber(t[2])
+end
+
+-- "v|mc|rpm|burst|mi|tpm" -> {v, mc, rpm, burst, mi, tpm} (strings, "" for no limit)
+local function split_spec(spec)
+  local out = {}
+  for field in string.gmatch(spec .. '|', '([^|]*)|') do
+    out[#out + 1] = field
+  end
+  return out
+end
+
+local function parse_cfg(raw)
+  return {
+    mc = tonumber(raw[1]),
+    rpm = tonumber(raw[2]),
+    burst = tonumber(raw[3]),
+    mi = tonumber(raw[4]) or 0,
+    tpm = tonumber(raw[5]),
+    v = raw[6],
+    raw = raw,
+  }
+end
+
+-- The stored limits; when there are none (first use, or Redis lost them) the
+-- caller's own ``spec`` is written, so limits always come back from config.
+local function load_cfg(key, spec, origin)
+  local raw = redis.call('HMGET', key, 'mc', 'rpm', 'burst', 'mi', 'tpm', 'v')
+  if not raw[6] then
+    local f = split_spec(spec)
+    redis.call('HSET', key, 'v', f[1], 'mc', f[2], 'rpm', f[3], 'burst', f[4],
+      'mi', f[5], 'tpm', f[6], 'o', origin)
+    raw = {f[2], f[3], f[4], f[5], f[6], f[1]}
+  end
+  return parse_cfg(raw)
+end
+
+local function cfg_reply(c)
+  return {c.raw[1] or '', c.raw[2] or '', c.raw[3] or '', c.raw[4] or '', c.raw[5] or '', c.v}
+end
+
+local function load_state(key)
+  local r = redis.call('HMGET', key, 'bl', 'bt', 'tl', 'tt', 'last', 'cu')
+  return {
+    bl = tonumber(r[1]), bt = tonumber(r[2]),
+    tl = tonumber(r[3]), tt = tonumber(r[4]),
+    last = tonumber(r[5]), cu = tonumber(r[6]),
+  }
+end
+
+-- Level of a bucket at ``now`` (a bucket never written yet is full).
+local function level(lvl, stamp, rate, cap, now)
+  if not lvl then
+    return cap
+  end
+  if stamp and now > stamp then
+    lvl = lvl + (now - stamp) * rate
+  end
+  if lvl > cap then
+    lvl = cap
+  end
+  return lvl
+end
+
+local function req_rate(c)
+  return c.rpm / 60e6, (c.burst or 1)
+end
+
+local function tok_rate(c)
+  return c.tpm / 60e6, c.tpm
+end
+
+-- Sum of the units held by live leases (expired ones are removed first).
+-- Returns units, number of holders, number of leases that had expired.
+local function held_units(leases, now)
+  local expired = redis.call('ZREMRANGEBYSCORE', leases, '-inf', fmt(now))
+  local members = redis.call('ZRANGE', leases, 0, -1)
+  local total = 0
+  for _, m in ipairs(members) do
+    total = total + (tonumber(string.match(m, '|(%d+)$')) or 1)
+  end
+  return total, #members, expired
+end
+
+-- Drop tickets whose waiter stopped calling in (crashed); returns how many.
+local function purge_tickets(q, qx, now)
+  local dead = redis.call('ZRANGEBYSCORE', qx, '-inf', fmt(now))
+  if #dead > 0 then
+    redis.call('ZREM', q, unpack(dead))
+    redis.call('ZREM', qx, unpack(dead))
+  end
+  return #dead
+end
+
+-- Wake the waiters of one limiter (other processes listen on ``channel``) when some wait.
+-- kind: 'r' capacity freed, 'q' the queue moved, 'c' limits or budget changed.
+local function wake(q, channel, kind)
+  if redis.call('ZCARD', q) > 0 then
+    redis.call('PUBLISH', channel, kind)
+  end
+end
+
+-- Microseconds until this limiter alone admits the request (INF: needs a release).
+-- L = {cfg, st, held}; fills L.bl / L.tl with the bucket levels at ``now``.
+local function delay(L, units, tokens, now)
+  local c, s = L.cfg, L.st
+  if c.mc and L.held + units > c.mc then
+    return INF
+  end
+  local d = 0
+  if s.cu and s.cu > now then
+    d = s.cu - now
+  end
+  if c.rpm then
+    local rate, cap = req_rate(c)
+    L.bl = level(s.bl, s.bt, rate, cap, now)
+    local deficit = 1 - L.bl
+    if deficit > EPS and deficit / rate > d then
+      d = deficit / rate
+    end
+  end
+  if c.mi > 0 and s.last then
+    local x = s.last + c.mi * 1e6 - now
+    if x > d then
+      d = x
+    end
+  end
+  if c.tpm and tokens > 0 then
+    local rate, cap = tok_rate(c)
+    L.tl = level(s.tl, s.tt, rate, cap, now)
+    local deficit = tokens - L.tl
+    if deficit > EPS and deficit / rate > d then
+      d = deficit / rate
+    end
+  end
+  return d
+end
+
+-- Take what an admission costs (call ``delay`` first) and record the lease.
+local function take(L, lease, units, tokens, now, lease_ttl)
+  local c = L.cfg
+  if c.rpm then
+    redis.call('HSET', L.st_key, 'bl', fmt(L.bl - 1), 'bt', fmt(now), 'last', fmt(now))
+  else
+    redis.call('HSET', L.st_key, 'last', fmt(now))
+  end
+  if c.tpm and tokens > 0 then
+    redis.call('HSET', L.st_key, 'tl', fmt(L.tl - tokens), 'tt', fmt(now))
+  end
+  redis.call('ZADD', L.leases, fmt(now + lease_ttl), lease .. '|' .. units)
+end
+
+-- Move both buckets from limits ``old`` to limits ``new`` at ``now``: what accrued
+-- under the old rate is kept, the level is capped at the new capacity; a bucket
+-- that appears starts full, one that disappears is forgotten.
+local function reconfigure(st_key, old, new, now)
+  local s = load_state(st_key)
+  if old.rpm and new.rpm then
+    local rate, cap = req_rate(old)
+    local lvl = level(s.bl, s.bt, rate, cap, now)
+    local _, ncap = req_rate(new)
+    if lvl > ncap then
+      lvl = ncap
+    end
+    redis.call('HSET', st_key, 'bl', fmt(lvl), 'bt', fmt(now))
+  else
+    redis.call('HDEL', st_key, 'bl', 'bt')
+  end
+  if old.tpm and new.tpm then
+    local rate, cap = tok_rate(old)
+    local lvl = level(s.tl, s.tt, rate, cap, now)
+    if lvl > new.tpm then
+      lvl = new.tpm
+    end
+    redis.call('HSET', st_key, 'tl', fmt(lvl), 'tt', fmt(now))
+  else
+    redis.call('HDEL', st_key, 'tl', 'tt')
+  end
+end

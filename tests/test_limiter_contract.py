@@ -1,0 +1,460 @@
+"""The Limiter contract (DESIGN.md section 3), one suite run against every backend.
+
+Each test gets ``make``: a factory of limiters on one backend (``memory``, or
+``redis`` against the session's own redis-server, each test with its own key).
+Real time throughout, so bounds are generous: waits are checked from below
+(waited >= 0.9 x expected) and from above only loosely; nothing asserts that
+the machine is fast.
+"""
+
+from __future__ import annotations
+
+import gc
+import itertools
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ratelimit_sdk.errors import AcquireTimeout, RequestTooLargeError
+from ratelimit_sdk.limiter import Limiter, Permit
+
+Make = Callable[..., Limiter]
+
+#: Loose upper bound for "this should not take long" on a busy 2-core machine.
+SLOW = 5.0
+
+
+@pytest.fixture(
+    params=[pytest.param("memory"), pytest.param("redis", marks=pytest.mark.redis)],
+)
+def make(request: pytest.FixtureRequest) -> Iterator[Make]:
+    made: list[Limiter] = []
+    extra: dict[str, Any] = {}
+    if request.param == "redis":
+        extra = {
+            "backend": request.getfixturevalue("redis_url"),
+            "key": request.getfixturevalue("redis_key"),
+            "on_backend_error": "raise",  # a bug in a script must fail the test, not fall back
+        }
+
+    def factory(**kwargs: Any) -> Limiter:
+        lim = Limiter(**{**extra, **kwargs})
+        made.append(lim)
+        return lim
+
+    yield factory
+    for lim in made:
+        lim.close()
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not reached in time")
+        time.sleep(0.005)
+
+
+# -- concurrency ----------------------------------------------------------------------------
+
+
+def test_max_concurrent_bounds_permits(make: Make) -> None:
+    lim = make(max_concurrent=2)
+    a = lim.try_acquire()
+    b = lim.try_acquire()
+    assert a is not None and b is not None
+    assert lim.try_acquire() is None
+    assert lim.in_flight == 2
+    a.release()
+    c = lim.try_acquire()
+    assert c is not None
+    assert lim.in_flight == 2
+    b.release()
+    c.release()
+    assert lim.in_flight == 0
+
+
+def test_units_hold_several_concurrency_units(make: Make) -> None:
+    lim = make(max_concurrent=4)
+    big = lim.acquire(units=4)
+    assert lim.in_flight == 4
+    assert lim.try_acquire(units=1) is None
+    big.release()
+    small = [lim.try_acquire(units=2), lim.try_acquire(units=2)]
+    assert all(p is not None for p in small)
+    assert lim.try_acquire() is None
+    for p in small:
+        assert p is not None
+        p.release()
+
+
+def test_requests_that_can_never_fit_are_refused(make: Make) -> None:
+    lim = make(max_concurrent=2, tokens_per_minute=100)
+    with pytest.raises(RequestTooLargeError, match="max_concurrent"):
+        lim.acquire(units=3)
+    with pytest.raises(RequestTooLargeError, match="tokens_per_minute"):
+        lim.acquire(tokens=101)
+    with pytest.raises(ValueError, match="units"):
+        lim.acquire(units=0)
+    with pytest.raises(ValueError, match="timeout"):
+        lim.acquire(timeout=-1)
+    assert lim.in_flight == 0
+
+
+# -- token bucket, spacing, cooldown --------------------------------------------------------
+
+
+def test_bucket_starts_full_then_waits_for_the_next_token(make: Make) -> None:
+    lim = make(requests_per_minute=120, burst=2)  # 2 per second, holds 2
+    t0 = time.monotonic()
+    first = [lim.try_acquire(), lim.try_acquire()]
+    assert all(p is not None for p in first)  # starts full
+    assert lim.try_acquire() is None
+    lim.acquire(timeout=SLOW).release()
+    waited = time.monotonic() - t0
+    assert waited >= 0.9 * 0.5
+    assert waited < SLOW
+
+
+def test_burst_then_steady_rate(make: Make) -> None:
+    lim = make(requests_per_minute=600, burst=3)  # 10 per second
+    starts: list[float] = []
+    for _ in range(8):
+        lim.acquire(timeout=SLOW).release()
+        starts.append(time.monotonic())
+    base = starts[0]
+    for k, t in enumerate(starts):
+        earliest = max(0, k - 3 + 1) / 10.0  # the k-th start needs k - burst + 1 refills
+        assert t - base >= 0.9 * earliest - 0.01, (k, t - base)
+    assert starts[-1] - base < SLOW
+
+
+def test_min_interval_spaces_starts(make: Make) -> None:
+    lim = make(min_interval=0.2)
+    starts: list[float] = []
+    for _ in range(3):
+        lim.acquire(timeout=SLOW).release()
+        starts.append(time.monotonic())
+    gaps = [b - a for a, b in itertools.pairwise(starts)]
+    assert all(gap >= 0.9 * 0.2 for gap in gaps), gaps
+
+
+def test_cooldown_blocks_and_only_extends(make: Make) -> None:
+    lim = make()
+    t0 = time.monotonic()
+    lim.cooldown(0.5)
+    lim.cooldown(0.05)  # never shortens
+    lim.cooldown(0)
+    lim.cooldown(-3)
+    assert 0.3 < lim.cooldown_remaining() <= 0.5
+    assert lim.try_acquire() is None
+    lim.acquire(timeout=SLOW).release()
+    assert time.monotonic() - t0 >= 0.9 * 0.5
+    assert lim.cooldown_remaining() == 0.0
+    assert lim.try_acquire() is not None
+
+
+def test_tokens_per_minute_charges_and_waits(make: Make) -> None:
+    lim = make(tokens_per_minute=6000)  # 100 tokens per second, holds 6000
+    t0 = time.monotonic()
+    lim.acquire(tokens=6000).release()
+    assert lim.try_acquire(tokens=50) is None
+    lim.acquire(tokens=50, timeout=SLOW).release()
+    assert time.monotonic() - t0 >= 0.9 * 0.5
+
+
+# -- timeouts -------------------------------------------------------------------------------
+
+
+def test_acquire_timeout_raises_after_the_timeout(make: Make) -> None:
+    lim = make(max_concurrent=1)
+    held = lim.acquire()
+    t0 = time.monotonic()
+    with pytest.raises(AcquireTimeout) as info:
+        lim.acquire(timeout=0.3)
+    assert time.monotonic() - t0 >= 0.9 * 0.3
+    assert info.value.waited is not None and info.value.waited >= 0.9 * 0.3
+    assert lim.queued == 0
+    held.release()
+    assert lim.in_flight == 0
+
+
+def test_timeout_zero_does_not_wait(make: Make) -> None:
+    lim = make(requests_per_minute=1)
+    lim.acquire().release()
+    t0 = time.monotonic()
+    with pytest.raises(AcquireTimeout):
+        lim.acquire(timeout=0)
+    assert time.monotonic() - t0 < SLOW
+    assert lim.queued == 0
+
+
+def test_timeouts_under_contention_leak_nothing(make: Make) -> None:
+    lim = make(max_concurrent=2)
+    outcomes: list[str] = []
+    guard = threading.Lock()
+
+    def worker() -> None:
+        for _ in range(10):
+            try:
+                with lim.acquire(timeout=0.002):
+                    time.sleep(0.001)
+                result = "ok"
+            except AcquireTimeout:
+                result = "timeout"
+            with guard:
+                outcomes.append(result)
+
+    threads = [threading.Thread(target=worker) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(outcomes) == 80
+    assert "ok" in outcomes
+    assert lim.in_flight == 0 and lim.queued == 0
+    with lim.acquire(timeout=SLOW), lim.acquire(timeout=SLOW):  # both units are free again
+        pass
+
+
+# -- release --------------------------------------------------------------------------------
+
+
+def test_release_is_idempotent(make: Make) -> None:
+    lim = make(max_concurrent=2)
+    p = lim.acquire()
+    p.release()
+    p.release()
+    assert p.released
+    assert lim.in_flight == 0
+    q = lim.acquire()
+    p.release()  # a stale release must not free q's unit
+    assert lim.in_flight == 1
+    q.release()
+    a, b = lim.acquire(), lim.acquire()
+    assert lim.try_acquire() is None
+    a.release()
+    b.release()
+
+
+def test_permit_released_on_exception_and_keyboard_interrupt(make: Make) -> None:
+    lim = make(max_concurrent=1)
+    with pytest.raises(RuntimeError), lim.acquire():
+        raise RuntimeError("boom")
+    assert lim.in_flight == 0
+    with pytest.raises(KeyboardInterrupt), lim.acquire():
+        raise KeyboardInterrupt
+    assert lim.in_flight == 0
+    assert lim.try_acquire() is not None
+
+
+def test_dropped_permit_is_released(make: Make) -> None:
+    lim = make(max_concurrent=1)
+    lim.acquire()  # reference dropped at once
+    gc.collect()
+    with lim.acquire(timeout=SLOW):
+        pass
+    assert lim.in_flight == 0
+
+
+def test_limiter_as_decorator(make: Make) -> None:
+    lim = make(max_concurrent=1)
+    seen: list[int] = []
+
+    @lim
+    def call(x: int) -> int:
+        seen.append(lim.in_flight)
+        return x * 2
+
+    assert call(2) == 4
+    assert seen == [1]
+    assert lim.in_flight == 0
+
+
+# -- settle ---------------------------------------------------------------------------------
+
+
+def test_settle_refunds_an_overestimate(make: Make) -> None:
+    lim = make(tokens_per_minute=600)
+    p = lim.acquire(tokens=600)
+    p.settle(tokens=100)
+    p.release()
+    assert lim.try_acquire(tokens=500) is not None
+
+
+def test_settle_debits_an_underestimate(make: Make) -> None:
+    lim = make(tokens_per_minute=600)  # 10 tokens per second
+    with lim.acquire(tokens=10) as p:
+        p.settle(tokens=1000)  # 990 more than charged: 400 in debt
+        p.settle(tokens=5)  # only the first settle counts
+    assert lim.try_acquire(tokens=1) is None
+    with pytest.raises(ValueError):
+        p.settle(tokens=-1)
+
+
+# -- hot updates ----------------------------------------------------------------------------
+
+
+def test_lowering_max_concurrent_admits_nobody_until_under_new_value(make: Make) -> None:
+    lim = make(max_concurrent=3)
+    held = [lim.acquire() for _ in range(3)]
+    lim.update(max_concurrent=1)
+    held.pop().release()
+    assert lim.try_acquire() is None  # 2 in flight, max 1
+    held.pop().release()
+    assert lim.try_acquire() is None  # 1 in flight == max
+    held.pop().release()
+    p = lim.try_acquire()
+    assert p is not None
+    p.release()
+
+
+def test_raising_max_concurrent_admits_waiters_at_once(make: Make) -> None:
+    lim = make(max_concurrent=1)
+    holder = lim.acquire()
+    admitted = threading.Barrier(4, timeout=20)
+    permits: list[Permit] = []
+
+    def worker() -> None:
+        permits.append(lim.acquire(timeout=20))
+        admitted.wait()
+
+    threads = [threading.Thread(target=worker) for _ in range(3)]
+    for t in threads:
+        t.start()
+    wait_until(lambda: lim.queued == 3)
+    lim.update(max_concurrent=4)
+    admitted.wait()  # all three got in while the holder still holds
+    assert lim.in_flight == 4
+    for t in threads:
+        t.join(10)
+    holder.release()
+    for p in permits:
+        p.release()
+    assert lim.in_flight == 0
+
+
+def test_update_rate_while_running(make: Make) -> None:
+    lim = make(requests_per_minute=6, burst=1)  # next token in 10 s
+    lim.acquire().release()
+    assert lim.try_acquire() is None
+    lim.update(requests_per_minute=None)
+    assert lim.try_acquire() is not None
+    assert lim.limits()["requests_per_minute"] is None  # type: ignore[attr-defined]
+
+
+def test_cooldown_extension_reaches_a_waiter_already_sleeping(make: Make) -> None:
+    lim = make()
+    lim.cooldown(0.05)
+    done = threading.Event()
+    started = time.monotonic()
+    waited: list[float] = []
+
+    def worker() -> None:
+        with lim.acquire(timeout=SLOW * 2):
+            waited.append(time.monotonic() - started)
+        done.set()
+
+    t = threading.Thread(target=worker)
+    t.start()
+    wait_until(lambda: lim.queued == 1)
+    lim.cooldown(0.4)
+    assert done.wait(20)
+    t.join(10)
+    assert waited[0] >= 0.9 * 0.4
+
+
+# -- fairness and real threads --------------------------------------------------------------
+
+
+@pytest.mark.integration
+def test_waiters_are_admitted_first_come_first_served(make: Make) -> None:
+    lim = make(max_concurrent=1)
+    order: list[int] = []
+    holder = lim.acquire()
+
+    def worker(i: int) -> None:
+        with lim.acquire(timeout=30):
+            order.append(i)
+
+    threads = []
+    for i in range(8):
+        t = threading.Thread(target=worker, args=(i,))
+        t.start()
+        wait_until(lambda i=i: lim.queued == i + 1)  # type: ignore[misc]
+        threads.append(t)
+    assert lim.try_acquire() is None  # no barging past queued waiters
+    holder.release()
+    for t in threads:
+        t.join(30)
+    assert order == list(range(8))
+    assert lim.in_flight == 0
+
+
+@pytest.mark.integration
+def test_sixteen_threads_never_exceed_max_concurrent(make: Make) -> None:
+    lim = make(max_concurrent=3)
+    guard = threading.Lock()
+    current = 0
+    peak = 0
+    errors: list[BaseException] = []
+
+    def worker() -> None:
+        nonlocal current, peak
+        try:
+            for _ in range(20):
+                with lim.acquire(timeout=60):
+                    with guard:
+                        current += 1
+                        peak = max(peak, current)
+                    time.sleep(0.001)
+                    with guard:
+                        current -= 1
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert not errors
+    assert peak <= 3
+    assert peak >= 2  # it did run things side by side
+    assert lim.in_flight == 0 and lim.queued == 0
+
+
+def test_close_wakes_waiters_with_acquire_timeout(make: Make) -> None:
+    lim = make(max_concurrent=1)
+    held = lim.acquire()
+    caught: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            lim.acquire(timeout=30)
+        except AcquireTimeout as exc:
+            caught.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    wait_until(lambda: lim.queued == 1)
+    lim.close()
+    t.join(10)
+    assert len(caught) == 1 and "closed" in str(caught[0])
+    held.release()
+
+
+def test_snapshot_reports_limits_and_state(make: Make) -> None:
+    lim = make(max_concurrent=2, requests_per_minute=60, burst=2, min_interval=0.5)
+    p = lim.acquire()
+    snap = lim.snapshot()
+    assert snap.in_flight == 1
+    assert snap.max_concurrent == 2
+    assert snap.burst == 2
+    assert snap.tokens is not None and 0.9 <= snap.tokens < 1.5
+    assert 0.0 < snap.next_start_in <= 0.5
+    p.release()
+    assert "max_concurrent=2" in repr(lim)
