@@ -74,17 +74,20 @@ class Chain:
         attempts: list[Attempt] = []
         comeback: dict[int, float] = {}  # guard index -> monotonic time it may take calls
         throttled: dict[int, int] = {}  # guard index -> rate-limit answers in this call
+        busy: set[int] = set()  # guard indexes last found busy (no known time to come back)
         for index, guard in enumerate(self.guards):
             result = self._on_provider(
                 request, index, deadline, attempts, comeback, throttled, cancel
             )
             if result is not None:
                 return self._finish(result, attempts)
+            _note_busy(busy, index, guard, attempts)
             if index + 1 < len(self.guards):
                 self._fallback(guard, self.guards[index + 1], attempts)
         # Everything was tried or skipped: wait for the first one to come back, if in time.
+        # At equal times a provider with a known comeback goes before a busy one.
         while comeback:
-            index, at = min(comeback.items(), key=lambda item: (item[1], item[0]))
+            index, at = min(comeback.items(), key=lambda item: (item[1], item[0] in busy, item[0]))
             now = self.clock.monotonic()
             if at >= deadline or now >= deadline:
                 break
@@ -97,11 +100,24 @@ class Chain:
                     self.guards[index].name,
                 )
                 self._sleep(at - now, cancel)
+            # Queue here no longer than until another provider is due back (if any is).
+            now = self.clock.monotonic()
+            due = [t for t in comeback.values() if t > now]
+            wait_cap = min(due) - now if due else None
             result = self._on_provider(
-                request, index, deadline, attempts, comeback, throttled, cancel, last_round=True
+                request,
+                index,
+                deadline,
+                attempts,
+                comeback,
+                throttled,
+                cancel,
+                last_round=True,
+                wait_cap=wait_cap,
             )
             if result is not None:
                 return self._finish(result, attempts)
+            _note_busy(busy, index, self.guards[index], attempts)
         raise AllProvidersFailed(_failure_message(attempts), attempts=attempts)
 
     def _on_provider(
@@ -115,8 +131,13 @@ class Chain:
         cancel: threading.Event | None,
         *,
         last_round: bool = False,
+        wait_cap: float | None = None,
     ) -> AttemptResult | None:
-        """Try one provider, with its retries. The success, or ``None`` to move on."""
+        """Try one provider, with its retries. The success, or ``None`` to move on.
+
+        ``last_round``: the chain was walked once already; wait for admission up to
+        ``wait_cap`` seconds (``None``: as long as the deadline allows).
+        """
         guard = self.guards[index]
         later = self.guards[index + 1 :]
         retries = 0
@@ -128,9 +149,13 @@ class Chain:
                 return None
             max_wait = guard.config.limits.max_queue_wait
             if last_round:
-                max_wait = None  # nothing left to move on to: wait up to the deadline
+                max_wait = wait_cap  # nothing left to move on to but who comes back
             elif any(g.can_take_now(request) for g in later):
                 max_wait = 0.0  # never queue here while a later provider is free
+            else:  # ... nor past the moment a later provider comes back
+                back = _soonest_back(later)
+                if back is not None and (max_wait is None or back < max_wait):
+                    max_wait = back
             result = guard.attempt(
                 request, deadline=deadline, max_wait=max_wait, retry_index=retries, cancel=cancel
             )
@@ -143,6 +168,8 @@ class Chain:
                 assert isinstance(error, BadRequestError)
                 error.attempts = tuple(attempts)  # type: ignore[attr-defined]
                 raise error
+            if outcome is Outcome.BUSY and last_round and wait_cap is None:
+                return None  # it waited as long as the deadline allowed (or it is closed)
             if outcome in (Outcome.CIRCUIT_OPEN, Outcome.COOLING_DOWN, Outcome.BUSY):
                 comeback[index] = self.clock.monotonic() + result.wait_hint
                 return None
@@ -154,7 +181,9 @@ class Chain:
             if outcome is Outcome.RATE_LIMITED:
                 cooldown = guard.limiter.cooldown_remaining()
                 throttled[index] = throttled.get(index, 0) + 1
-                if throttled[index] <= guard.config.retry.max_retries:
+                retry = guard.config.retry
+                # Coming back is a retry here: only within max_retries and max_delay.
+                if throttled[index] <= retry.max_retries and cooldown <= retry.max_delay:
                     comeback[index] = self.clock.monotonic() + cooldown
                 if any(g.can_take_now(request) for g in later):
                     return None  # move on at once: a later provider can take it now
@@ -216,6 +245,21 @@ class Chain:
             finish_reason=completion.finish_reason,
         )
         return response, result, attempts
+
+
+def _soonest_back(guards: Sequence[Guard]) -> float | None:
+    """Seconds until the first of ``guards`` that is paused (cooldown, open breaker) resumes."""
+    waits = [wait for reason, wait in (g.unavailable_for() for g in guards) if reason and wait > 0]
+    return min(waits) if waits else None
+
+
+def _note_busy(busy: set[int], index: int, guard: Guard, attempts: list[Attempt]) -> None:
+    """Remember whether ``guard``'s last attempt in this call found it busy."""
+    last = attempts[-1] if attempts else None
+    if last is not None and last.provider == guard.name and last.outcome is Outcome.BUSY:
+        busy.add(index)
+    else:
+        busy.discard(index)
 
 
 def _failure_message(attempts: list[Attempt]) -> str:

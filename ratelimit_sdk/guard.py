@@ -50,6 +50,10 @@ T = TypeVar("T")
 #: How many recent admission waits each guard keeps for the p50/p95 figures.
 WAIT_SAMPLES = 1024
 
+#: Seconds a call skipped while another thread's half-open probe is out waits before it
+#: looks again (the probe's end has no known time; polling beats spinning).
+PROBE_POLL = 0.05
+
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
@@ -132,6 +136,7 @@ class Guard:
         self.backoff = Backoff(config.retry)
         self._pool_limits = pool_limits
         self._counters = _Counters()
+        self._closed = False
 
     # -- state the chain reads ----------------------------------------------------------
 
@@ -195,7 +200,8 @@ class Guard:
             opened = CircuitOpenError(
                 f"{self.name}: circuit breaker open", provider=self.name, retry_after=wait
             )
-            return self._skip(Outcome.CIRCUIT_OPEN, opened, wait)
+            # 0.0 means another caller's probe is out: look again shortly, not at once.
+            return self._skip(Outcome.CIRCUIT_OPEN, opened, wait or PROBE_POLL)
         cool = self.limiter.cooldown_remaining()
         if cool > 0:
             self._give_back(probe)
@@ -214,7 +220,9 @@ class Guard:
             self._give_back(probe)
             if cancel is not None and cancel.is_set():
                 raise Cancelled from None
-            return self._skip(Outcome.BUSY, exc, 0.0, elapsed=clock.monotonic() - started)
+            # A closed guard never comes back: say so, or the chain would retry it in a loop.
+            comeback = math.inf if self._closed else 0.0
+            return self._skip(Outcome.BUSY, exc, comeback, elapsed=clock.monotonic() - started)
         except BaseException:
             self._give_back(probe)
             raise
@@ -486,6 +494,7 @@ class Guard:
 
     def close(self) -> None:
         """Close the transport and wake anybody waiting for admission."""
+        self._closed = True
         self.provider.close()
         self.limiter.close()
 
