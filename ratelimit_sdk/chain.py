@@ -30,7 +30,7 @@ from collections.abc import Sequence
 from ._redact import get_logger
 from .clock import Clock
 from .errors import AllProvidersFailed, BadRequestError
-from .guard import AttemptResult, Cancelled, Guard
+from .guard import PROBE_POLL, AttemptResult, Cancelled, Guard
 from .hooks import Event, Hooks
 from .models import Attempt, ChatRequest, ChatResponse, Outcome
 
@@ -189,6 +189,10 @@ class Chain:
                     return None  # move on at once: a later provider can take it now
                 retry_after = max(retry_after or 0.0, cooldown)
             elif verdict is not None and not verdict.retry_same:
+                return None
+            reason, reopens = guard.unavailable_for()
+            if reason is Outcome.CIRCUIT_OPEN:  # this failure opened the breaker: move on
+                comeback[index] = self.clock.monotonic() + (reopens or PROBE_POLL)
                 return None
             wait = guard.backoff.next_wait(retries, retry_after)
             if wait is None or self.clock.monotonic() + wait >= deadline:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
@@ -30,7 +30,7 @@ from .errors import (
     RateLimitSDKError,
 )
 from .guard import Guard, build_guards
-from .hooks import HookFn, Hooks
+from .hooks import Event, HookFn, Hooks
 from .models import ChatRequest, ChatResponse, ProviderStats
 from .stream import ChatStream, finished_stream
 
@@ -299,7 +299,7 @@ class Client:
         return_exceptions: bool = False,
         ordered: bool = True,
         **options: Any,
-    ) -> Iterator[Any]:
+    ) -> Generator[Any, None, None]:
         """Like :meth:`map`, but yield results as they are ready (for long jobs).
 
         ``ordered=True`` yields in input order; ``ordered=False`` yields
@@ -330,9 +330,12 @@ class Client:
         options: Mapping[str, Any],
         *,
         ordered: bool,
-    ) -> Iterator[tuple[int, Any]]:
+    ) -> Generator[tuple[int, Any], None, None]:
         if not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
+        unknown = set(options) - {"preferred_model", "chain", "timeout"}
+        if unknown:
+            raise TypeError(f"map() got unexpected options: {', '.join(sorted(unknown))}")
         requests = [_item_request(item) for item in items]
         cancel = threading.Event()
         bar = _progress_bar(len(requests), progress)
@@ -344,12 +347,19 @@ class Client:
         preferred = options.get("preferred_model")
         chain_name = options.get("chain")
         timeout = options.get("timeout", NOT_GIVEN)
-        unknown = set(options) - {"preferred_model", "chain", "timeout"}
-        if unknown:
-            raise TypeError(f"map() got unexpected options: {', '.join(sorted(unknown))}")
         first_error: BaseException | None = None
-        try:
-            for index, (request, extra) in enumerate(requests):
+        # Submit lazily, a bounded window ahead of the workers: a long job stopped early
+        # (Ctrl-C, an error, an abandoned imap) has sent only what was really running.
+        window = max_workers * 2
+        todo = iter(enumerate(requests))
+        pending: set[Future[ChatResponse]] = set()
+
+        def submit_more() -> None:
+            while len(pending) < window and not cancel.is_set():
+                nxt = next(todo, None)
+                if nxt is None:
+                    return
+                index, (request, extra) = nxt
                 fut = pool.submit(
                     self._run,
                     request,
@@ -359,12 +369,18 @@ class Client:
                     cancel,
                 )
                 futures[fut] = index
-            pending = set(futures)
+                pending.add(fut)
+
+        try:
+            submit_more()
             while pending:
-                # Wake at least once a second so Ctrl-C in this thread is seen promptly.
-                done, pending = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                # Wake at least twice a second so Ctrl-C in this thread is seen promptly.
+                done, still = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
+                pending.intersection_update(still)
                 for fut in done:
-                    index = futures[fut]
+                    if fut.cancelled():  # never started: cancelled after the first error
+                        continue
+                    index = futures.pop(fut)
                     error = fut.exception()
                     if bar is not None:
                         bar.update(1)
@@ -378,6 +394,8 @@ class Client:
                             cancel.set()  # stop sending; let the running calls end
                             for other in pending:
                                 other.cancel()
+                            self._wake_waiters()
+                submit_more()
             if first_error is not None:
                 raise first_error
         except BaseException:
@@ -434,6 +452,8 @@ class Client:
                         retries += 1
                         guard.count_retry()
                         _log.info("%s: %r; retry %d in %.2fs", guard.name, exc, retries, wait)
+                        if self._hooks:
+                            self._hooks.emit(Event("retry", guard.name, delay=wait, error=exc))
                         self._clock.sleep(wait)
 
             return wrapper

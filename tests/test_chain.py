@@ -216,6 +216,26 @@ def test_transient_errors_are_tried_exactly_1_plus_max_retries_times(
     assert clock.sleeps == [pytest.approx(0.01 * 2**n) for n in range(max_retries)]
 
 
+def test_no_retry_into_a_breaker_that_just_opened(clock: FakeClock, hooks: Hooks) -> None:
+    log = EventLog()
+    hooks.on("retry", log)
+    stub = StubProvider("a", default=error_reply(503))
+    a = make_guard(
+        "a",
+        stub,
+        clock=clock,
+        hooks=hooks,
+        retry={"max_retries": 5, "base_delay": 1.0},
+        breaker={"fail_max": 2, "reset_timeout": 60},
+    )
+    before = clock.monotonic()
+    response = run(chain_of(clock, hooks, a, make_guard("b", clock=clock)), clock)
+    assert outcomes(response.attempts) == [("a", "error"), ("a", "error"), ("b", "ok")]
+    assert stub.count == 2
+    assert a.stats().retries == 1 and len(log.events) == 1
+    assert clock.monotonic() - before == pytest.approx(1.0)  # one backoff, none after opening
+
+
 def test_a_retry_succeeds_in_place(clock: FakeClock, hooks: Hooks) -> None:
     stub = StubProvider("a", script=[error_reply(503), error_reply(503)])
     a = make_guard("a", stub, clock=clock, retry={"max_retries": 2})
