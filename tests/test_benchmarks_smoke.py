@@ -1,0 +1,74 @@
+"""Smoke tests of benchmarks/: each script runs with --quick and prints its targets.
+
+Nothing here asserts a speed (the CI machine may be slow and noisy); only that
+the benchmarks still run against the current API, stop by themselves, and that
+the optimum they compare against is computed right.
+"""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+sys.path.insert(0, str(BENCHMARKS))
+
+import _common  # noqa: E402
+
+
+@pytest.mark.parametrize("script", ["bench_limiter.py", "bench_client.py", "bench_fallback.py"])
+def test_benchmark_runs_quick(script: str) -> None:
+    """The script exits 0 within the time limit and prints a targets table with verdicts."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=BENCHMARKS.parent,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Traceback" not in done.stderr, done.stderr
+    assert ": targets" in done.stdout
+    assert "PASS" in done.stdout or "MISS" in done.stdout
+
+
+def test_optimum_of_the_strict_server_is_the_issues_formula() -> None:
+    """400 requests at 4 in flight, 40/s, burst 5, 50 ms: 395/40 + 0.05 s."""
+    shape = _common.Shape(latency=0.05, max_concurrent=4, requests_per_minute=2400, burst=5)
+    assert math.isclose(_common.optimum_makespan([shape], 400), 395 / 40 + 0.05, rel_tol=1e-6)
+
+
+def test_optimum_is_bound_by_concurrency_when_that_is_tighter() -> None:
+    """One slot, 1 s per request, no rate limit: n requests take n seconds."""
+    shape = _common.Shape(latency=1.0, max_concurrent=1)
+    assert math.isclose(_common.optimum_makespan([shape], 7), 7.0, rel_tol=1e-6)
+
+
+def test_optimum_adds_providers_up() -> None:
+    """Two equal providers finish a batch in half the time of one (spacing-bound)."""
+    one = _common.Shape(latency=0.0, min_interval=0.5)
+    alone = _common.optimum_makespan([one], 21)
+    both = _common.optimum_makespan([one, one], 42)
+    assert math.isclose(alone, 10.0, rel_tol=1e-6)
+    assert math.isclose(both, alone, rel_tol=1e-6)
+
+
+def test_interleave_rotates_the_order_and_respects_rounds() -> None:
+    """Each variant runs once per round; the first to run changes from round to round."""
+    order: list[str] = []
+
+    def make(name: str) -> Callable[[], float]:
+        def measure() -> float:
+            order.append(name)
+            return 1.0
+
+        return measure
+
+    samples = _common.interleave({"a": make("a"), "b": make("b")}, rounds=3, budget=60.0)
+    assert samples == {"a": [1.0, 1.0, 1.0], "b": [1.0, 1.0, 1.0]}
+    assert order == ["a", "b", "b", "a", "a", "b"]
