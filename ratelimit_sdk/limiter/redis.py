@@ -168,8 +168,8 @@ class _Waiter:
 
     __slots__ = ("arrival", "cond", "id", "watch_cfg")
 
-    def __init__(self, cond: threading.Condition, arrival: float) -> None:
-        self.cond = cond
+    def __init__(self, arrival: float) -> None:
+        self.cond: threading.Condition | None = None  # made when it first has to wait
         self.arrival = arrival
         self.id = os.urandom(10).hex()
         self.watch_cfg = False  # sleeping on a timer: only a limits change should wake it
@@ -311,8 +311,11 @@ class RedisLimiter(Limiter):
         }
         self._origin = _spec(self._limits)
         self._version = "1"
+        self._spec_text = f"1|{self._origin}"
+        self._raw_seen: tuple[Any, ...] = ()
         self._slice = min(_MAX_SLICE, max(0.05, self.lease_timeout / 3.0))
-        self._ticket_ttl = 3.0 * self._slice + 1.0
+        self._lease_us = int(self.lease_timeout * 1e6)
+        self._ticket_us = int((3.0 * self._slice + 1.0) * 1e6)  # outlives 3 missed looks
 
         self._lock = threading.Lock()
         self._queue: deque[_Waiter] = deque()
@@ -368,7 +371,15 @@ class RedisLimiter(Limiter):
 
     def _spec(self) -> str:
         """``version|limits`` as known here: written back if Redis has lost the limits."""
-        return f"{self._version}|{_spec(self._limits)}"
+        return self._spec_text
+
+    def _set_limits(self, limits: dict[str, Any], version: str) -> bool:
+        """Adopt ``limits`` (lock held); True when they changed."""
+        changed = limits != self._limits
+        self._limits = limits
+        self._version = version
+        self._spec_text = f"{version}|{_spec(limits)}"
+        return changed
 
     def _side_args(self) -> list[str]:
         return [self._spec(), self._origin, self._channel]
@@ -383,11 +394,13 @@ class RedisLimiter(Limiter):
 
     def _absorb(self, raw: Sequence[Any]) -> None:
         """Take the limits Redis reported (six fields) as this process's view."""
-        limits, version = _parse_limits(raw)
+        seen = tuple(raw)
+        if seen == self._raw_seen:
+            return  # the usual case: nothing changed since the last reply
+        limits, version = _parse_limits(seen)
         with self._lock:
-            changed = limits != self._limits
-            self._limits = limits
-            self._version = version
+            changed = self._set_limits(limits, version)
+            self._raw_seen = seen
         local = self._local
         if changed and local is not None:
             local.update(**limits)
@@ -421,7 +434,8 @@ class RedisLimiter(Limiter):
         merged.update(limits)
         merged["min_interval"] = float(merged["min_interval"])
         with self._lock:
-            self._limits = merged
+            self._set_limits(merged, self._version)
+            self._raw_seen = ()
             self._pending.update(limits)
         local = self._local
         if local is not None:
@@ -454,7 +468,7 @@ class RedisLimiter(Limiter):
         """Wake this process's waiting threads so they re-check their ``cancel`` events."""
         with self._lock:
             for w in self._queue:
-                w.cond.notify()
+                self._notify(w)
         local = self._local
         if local is not None:
             local.wake_all()
@@ -469,7 +483,7 @@ class RedisLimiter(Limiter):
         with self._lock:
             self._closed = True
             for w in self._queue:
-                w.cond.notify()
+                self._notify(w)
         local = self._local
         if local is not None:
             local.close()
@@ -641,7 +655,7 @@ class RedisLimiter(Limiter):
         if self._orphans:
             self._drain_orphans()
         if not self._use_local():
-            w = _Waiter(threading.Condition(self._lock), start)
+            w = _Waiter(start)
             with self._lock:
                 if self._closed:
                     raise self._timeout_error(start, "limiter is closed")
@@ -658,13 +672,13 @@ class RedisLimiter(Limiter):
                         now = clock.monotonic()
                         if deadline is not None and now >= deadline:
                             raise self._timeout_error(start)
-                        clock.wait(w.cond, None if deadline is None else deadline - now)
+                        clock.wait(self._cond(w), None if deadline is None else deadline - now)
                 permit = self._lead(w, units, tokens, start, deadline, wait=wait, cancel=cancel)
             finally:
                 with self._lock:
                     self._queue.remove(w)
                     if self._queue:
-                        self._queue[0].cond.notify()
+                        self._notify(self._queue[0])
             if permit is not None:
                 return permit
         # Redis is unreachable and the policy is "local".
@@ -678,6 +692,18 @@ class RedisLimiter(Limiter):
         extra: dict[str, Any] = {} if cancel is None else {"cancel": cancel}
         return local.acquire(remaining, units=units, tokens=tokens, **extra)
 
+    def _cond(self, w: _Waiter) -> threading.Condition:
+        """The waiter's condition (on the limiter's lock), made on first use. Lock held."""
+        if w.cond is None:
+            w.cond = threading.Condition(self._lock)
+        return w.cond
+
+    @staticmethod
+    def _notify(w: _Waiter) -> None:
+        """Wake ``w`` if it sleeps (one that never slept re-checks before it does). Lock held."""
+        if w.cond is not None:
+            w.cond.notify()
+
     def _acquire_args(self, w: _Waiter, units: int, tokens: int, wait: bool) -> list[Any]:
         offset = self._offset
         arrival = 0 if offset is None else int((w.arrival + offset) * 1e6)
@@ -685,8 +711,8 @@ class RedisLimiter(Limiter):
             w.id,
             units,
             tokens,
-            int(self.lease_timeout * 1e6),
-            int(self._ticket_ttl * 1e6),
+            self._lease_us,
+            self._ticket_us,
             arrival,
             "w" if wait else "t",
             *self._side_args(),
@@ -760,7 +786,10 @@ class RedisLimiter(Limiter):
                         continue  # now subscribed: look again, a wake-up may have been missed
                     now = clock.monotonic()
                 if status == 0:
-                    sleep = min(float(_text(reply[1])) / 1e6, self._slice)
+                    # Counted from when the request left: the next one then reaches Redis
+                    # about when the wait ends there (a reply's trip is not slept twice).
+                    wait_s = float(_text(reply[1])) / 1e6
+                    sleep = min(t0 + wait_s - now, self._slice)
                 else:
                     sleep = self._slice
                 if deadline is not None:
@@ -773,7 +802,7 @@ class RedisLimiter(Limiter):
                     )
                     cancelled = cancel is not None and cancel.is_set()
                     if not (missed or cancelled or self._closed) and sleep > 0:
-                        clock.wait(w.cond, sleep)
+                        clock.wait(self._cond(w), sleep)
         except BaseException:
             if in_call:  # we cannot know whether Redis admitted us: give back what it might hold
                 self._send_release(f"{w.id}|{units}", f"{w.id}|{self._pool_units}")
@@ -836,7 +865,7 @@ class RedisLimiter(Limiter):
             if self._queue:
                 lead = self._queue[0]
                 if kind == "c" or not lead.watch_cfg:
-                    lead.cond.notify()
+                    self._notify(lead)
 
     def _listen(self) -> None:
         """Listener thread: relay the limiter's wake-up channel(s) to the waiting leader."""
@@ -910,7 +939,7 @@ class RedisLimiter(Limiter):
         if self._pool is not None:
             keys.append(self._pool._keys[2])
             members += [f"{lease}|{pu}" for lease, (_, pu) in held.items()]
-        args = [int(self.lease_timeout * 1e6), len(held), *members]
+        args = [self._lease_us, len(held), *members]
         try:
             rewritten = int(self._run("renew", keys, args))
         except _Down as exc:

@@ -32,9 +32,13 @@ local function side(i, spec, origin, channel)
   L.st = load_state(L.st_key)
   local expired, dead
   L.held, L.holders, expired = held_units(L.leases, now)
-  dead = purge_tickets(L.q, L.qx, now)
-  if expired > 0 or dead > 0 then
-    wake(L.q, channel, 'r')
+  L.waiting = redis.call('ZCARD', L.q)
+  if L.waiting > 0 then
+    dead = purge_tickets(L.q, L.qx, now)
+    L.waiting = L.waiting - dead
+    if expired > 0 or dead > 0 then
+      wake(L.q, channel, 'r')
+    end
   end
   return L
 end
@@ -73,35 +77,58 @@ if P and ((P.cfg.mc and pool_units > P.cfg.mc) or (P.cfg.tpm and tokens > P.cfg.
   return reply(-2, 0)
 end
 
--- Take a place in line (or keep it) and refresh the ticket.
+-- The place in line. A request that finds the line empty and fits at once never
+-- takes a ticket (the common case costs no queue writes).
 local myscore = nil
+local registered = false
 if waiting then
   myscore = tonumber(redis.call('ZSCORE', M.q, id))
-  if not myscore then
+  registered = myscore ~= nil
+end
+
+local refreshed = false
+local function register()
+  if refreshed then
+    return
+  end
+  if not registered then
     myscore = now
     if arrival and arrival > 0 and arrival < now then
       myscore = arrival
     end
     redis.call('ZADD', M.q, fmt(myscore), id)
+    registered = true
   end
   redis.call('ZADD', M.qx, fmt(now + ticket_ttl), id)
+  refreshed = true
+end
+
+if registered then
+  register()  -- refresh its expiry (and the pool ticket's)
   if P and redis.call('ZSCORE', P.q, id) then
     redis.call('ZADD', P.qx, fmt(now + ticket_ttl), id)
   end
+end
+if registered or M.waiting > 0 then
+  if not waiting then
+    return reply(-1, 0)  -- someone waits: a try never overtakes
+  end
+  register()
   if redis.call('ZRANK', M.q, id) > 0 then
     if P then
       leave(P)
     end
     return reply(-1, 0)
   end
-elseif redis.call('ZCARD', M.q) > 0 then
-  return reply(-1, 0)  -- someone waits: a try never overtakes
 end
 
 local own = delay(M, units, tokens, now)
 if own > 0 then
-  if P and waiting then
-    leave(P)  -- held back by its own limits: it does not hold the pool's line
+  if waiting then
+    register()
+    if P then
+      leave(P)  -- held back by its own limits: it does not hold the pool's line
+    end
   end
   if own == INF then
     return reply(-1, 0)
@@ -112,13 +139,14 @@ end
 if P then
   local d_pool = delay(P, pool_units, tokens, now)
   local ahead
-  if waiting then
+  if waiting and registered then
     ahead = redis.call('ZCOUNT', P.q, '-inf', '(' .. fmt(myscore)) > 0
   else
-    ahead = redis.call('ZCARD', P.q) > 0
+    ahead = P.waiting > 0  -- arriving now: everyone in line is earlier
   end
   if d_pool > 0 or ahead then
     if waiting then
+      register()
       redis.call('ZADD', P.q, 'NX', fmt(myscore), id)
       redis.call('ZADD', P.qx, fmt(now + ticket_ttl), id)
     end
@@ -133,7 +161,7 @@ take(M, id, units, tokens, now, lease_ttl)
 if P then
   take(P, id, pool_units, tokens, now, lease_ttl)
 end
-if waiting then
+if registered then
   leave(M)
   wake(M.q, M.channel, 'q')
   if P then
