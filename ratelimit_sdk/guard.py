@@ -239,12 +239,14 @@ class Guard:
             verdict, completion = self._send(request, deadline, admitted)
             if completion is not None and completion.usage is not None:
                 permit.settle(tokens=completion.usage.total_tokens)
+            # Pause the provider before the permit goes back, or a queued caller slips in.
+            cooldown = self._apply_cooldown(verdict, retry_index)
         except BaseException:
             self._give_back(probe)
             raise
         finally:
             permit.release()
-        return self._record(verdict, completion, probe, started, retry_index)
+        return self._record(verdict, completion, probe, started, retry_index, cooldown)
 
     def _send(
         self, request: ChatRequest, deadline: float, now: float
@@ -281,11 +283,14 @@ class Guard:
             self._give_back(probe)
             raise
         if stream.reply is not None:  # not a stream: an error answer to classify
-            permit.release()
-            stream.close()
-            verdict = classify(stream.reply, now=self.clock.time())
+            try:
+                stream.close()
+                verdict = classify(stream.reply, now=self.clock.time())
+                cooldown = self._apply_cooldown(verdict, 0)  # before the permit goes back
+            finally:
+                permit.release()
             completion = stream.reply.completion if verdict.outcome is Outcome.OK else None
-            return self._record(verdict, completion, probe, started, 0)
+            return self._record(verdict, completion, probe, started, 0, cooldown)
         # Read up to the first text chunk: until then, a failure is an ordinary attempt
         # the chain may retry or fall back from.
         try:
@@ -392,7 +397,9 @@ class Guard:
         probe: Probe,
         started: float,
         retry_index: int,
+        cooldown: float | None = None,
     ) -> AttemptResult:
+        """Count and report one attempt; ``cooldown``: already applied (None: apply it now)."""
         outcome = verdict.outcome
         error = None if outcome is Outcome.OK else error_for(verdict, self.name)
         self.breaker.record(verdict.breaker, probe, error)
@@ -406,9 +413,9 @@ class Guard:
                 counters.rate_limited += 1
             else:
                 counters.errors += 1
-        cooldown = self._cooldown_for(verdict, retry_index)
+        if cooldown is None:
+            cooldown = self._apply_cooldown(verdict, retry_index)
         if cooldown:
-            self.limiter.cooldown(cooldown)
             level = _log.info if outcome is Outcome.OK else _log.warning
             level("%s: %s; cooling down for %.2fs", self.name, outcome.value, cooldown)
             self._emit(Event("cooldown", self.name, outcome=outcome, delay=cooldown))
@@ -426,6 +433,13 @@ class Guard:
         attempt = Attempt(self.name, outcome, error=error, elapsed=elapsed, status=verdict.status)
         self._emit(Event("attempt", self.name, outcome=outcome, error=error, elapsed=elapsed))
         return AttemptResult(attempt=attempt, verdict=verdict, completion=completion)
+
+    def _apply_cooldown(self, verdict: Verdict, retry_index: int) -> float:
+        """Put the limiter in the cooldown ``verdict`` calls for; return its length (0: none)."""
+        cooldown = self._cooldown_for(verdict, retry_index)
+        if cooldown:
+            self.limiter.cooldown(cooldown)
+        return cooldown
 
     def _cooldown_for(self, verdict: Verdict, retry_index: int) -> float:
         if verdict.outcome is Outcome.RATE_LIMITED:

@@ -19,6 +19,7 @@ from fleet_fixtures import (
     open_breaker,
     quota_reply,
     rate_limited_reply,
+    wait_until,
 )
 
 from ratelimit_sdk.errors import (
@@ -148,6 +149,43 @@ def test_429_retry_after_sets_the_cooldown(clock: FakeClock) -> None:
     clock.advance(7.0)
     assert guard.limiter.cooldown_remaining() == 0.0
     assert guard.can_take_now(REQUEST)
+
+
+def test_the_cooldown_is_set_before_the_permit_goes_back() -> None:
+    """A caller queued behind a throttled request must not slip in before the cooldown."""
+    from ratelimit_sdk.clock import SYSTEM_CLOCK
+
+    answer = threading.Event()
+
+    def throttled(_request: object) -> object:
+        assert answer.wait(10)
+        return rate_limited_reply(5)
+
+    stub = StubProvider("p", script=[throttled])
+    guard = make_guard("p", stub, clock=SYSTEM_CLOCK, limits={"max_concurrent": 1})
+    first: list[AttemptResult] = []
+    worker = threading.Thread(
+        target=lambda: first.append(
+            guard.attempt(REQUEST, deadline=SYSTEM_CLOCK.monotonic() + 30, max_wait=None)
+        )
+    )
+    worker.start()
+    wait_until(lambda: stub.count == 1)
+    second: list[AttemptResult] = []
+    queued = threading.Thread(
+        target=lambda: second.append(
+            guard.attempt(REQUEST, deadline=SYSTEM_CLOCK.monotonic() + 30, max_wait=0.5)
+        )
+    )
+    queued.start()
+    wait_until(lambda: guard.limiter.queued == 1)
+    answer.set()
+    worker.join(10)
+    queued.join(10)
+    assert first[0].outcome is Outcome.RATE_LIMITED
+    assert second[0].outcome is Outcome.BUSY  # held back by the cooldown, nothing sent
+    assert stub.count == 1
+    assert guard.limiter.in_flight == 0
 
 
 def test_429_with_exhausted_remaining_header_cools_down_until_the_reset(clock: FakeClock) -> None:
