@@ -15,7 +15,7 @@ import threading
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any, Final, Literal, ParamSpec, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, overload
 
 from ._display import StatsTable, stats_html
 from ._redact import get_logger
@@ -33,6 +33,9 @@ from .guard import Guard, build_guards
 from .hooks import Event, HookFn, Hooks
 from .models import ChatRequest, ChatResponse, ProviderStats
 from .stream import ChatStream, finished_stream
+
+if TYPE_CHECKING:  # typing only: the client never drives a limiter itself
+    from .limiter import Limiter
 
 __all__ = ["NOT_GIVEN", "Client"]
 
@@ -70,6 +73,7 @@ class _State:
     config: ClientConfig
     guards: Mapping[str, Guard]
     chains: Mapping[str, Chain]
+    pools: Mapping[str, Limiter]
 
 
 class Client:
@@ -95,7 +99,7 @@ class Client:
         self._lock = threading.Lock()
         self._closed = False
         self._retired: list[Guard] = []
-        self._state = self._build(cfg, {})
+        self._state = self._build(cfg, {}, {})
 
     @classmethod
     def from_file(cls, path: str, **kwargs: Any) -> Client:
@@ -104,12 +108,18 @@ class Client:
 
     # -- building ------------------------------------------------------------------------
 
-    def _build(self, cfg: ClientConfig, reuse: Mapping[str, Guard]) -> _State:
+    def _build(
+        self, cfg: ClientConfig, reuse: Mapping[str, Guard], old_pools: Mapping[str, Limiter]
+    ) -> _State:
+        # Pools live on across a reload (with the new limits): kept and new members share them.
+        pools = {name: lim for name, lim in old_pools.items() if name in cfg.pools}
+        for name, lim in pools.items():
+            lim.update(**cfg.pools[name].limiter_kwargs())
         fresh = [p for p in cfg.providers if p.name not in reuse]
         built: dict[str, Guard] = {}
         if fresh:
             partial = cfg.model_copy(update={"providers": fresh, "chains": {}})
-            built = build_guards(partial, clock=self._clock, hooks=self._hooks)
+            built = build_guards(partial, clock=self._clock, hooks=self._hooks, pools=pools)
         guards: dict[str, Guard] = {}
         for pc in cfg.providers:
             if pc.name in reuse:
@@ -122,7 +132,7 @@ class Client:
             name: Chain([guards[n] for n in cfg.chain(name)], clock=self._clock, hooks=self._hooks)
             for name in {"default", *cfg.chains}
         }
-        return _State(cfg, guards, chains)
+        return _State(cfg, guards, chains, pools)
 
     @property
     def config(self) -> ClientConfig:
@@ -484,28 +494,31 @@ class Client:
             providers = [new_pc if p.name == pc.name else p for p in state.config.providers]
             new_cfg = state.config.model_copy(update={"providers": providers})
             state.guards[pc.name].apply(new_pc)
-            self._state = _State(new_cfg, state.guards, state.chains)
+            self._state = _State(new_cfg, state.guards, state.chains, state.pools)
         _log.info("%s: limits updated: %s", pc.name, limits)
 
     def reload(self, config: ClientConfig | Mapping[str, Any]) -> None:
         """Replace the whole configuration while running.
 
-        Providers kept under the same name, URL, model, wire format and key keep
-        their limiter state (in flight, bucket, cooldown) and take the new limits;
-        others are built fresh. Calls already running finish on what they started with.
+        Providers kept under the same name, URL, model, wire format, key and backend
+        keep their limiter state (in flight, bucket, cooldown) and take the new limits;
+        others are built fresh. Pools live on too: new members share them and they take
+        the new pool limits. Calls already running finish on what they started with.
         """
         cfg = ClientConfig.load(config)
         cfg.check_environment()
         with self._lock:
             old = self._state
+            same_backend = cfg.backend == old.config.backend
             reuse = {
                 p.name: old.guards[p.name]
                 for p in cfg.providers
-                if p.name in old.guards
+                if same_backend
+                and p.name in old.guards
                 and _same_endpoint(old.guards[p.name].config, p)
                 and (p.pool or None) == (old.guards[p.name].config.pool or None)
             }
-            self._state = self._build(cfg, reuse)
+            self._state = self._build(cfg, reuse, old.pools if same_backend else {})
             kept = set(reuse)
             self._retired.extend(g for n, g in old.guards.items() if n not in kept)
         _log.info("configuration reloaded: %s", ", ".join(p.name for p in cfg.providers))

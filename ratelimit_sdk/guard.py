@@ -540,8 +540,13 @@ def build_guards(
     clock: Clock,
     hooks: Hooks,
     limiter_factory: Any = None,
+    pools: dict[str, Limiter] | None = None,
 ) -> dict[str, Guard]:
-    """One guard per provider of ``config`` (limiters, pools, transports, breakers)."""
+    """One guard per provider of ``config`` (limiters, pools, transports, breakers).
+
+    ``pools``: pool limiters by name to reuse (a reload keeps their state and their
+    members); every other pool of ``config`` is built and added to it.
+    """
     make = limiter_factory or from_backend
     backend = config.backend
     extra: dict[str, Any] = {}
@@ -551,12 +556,12 @@ def build_guards(
             "lease_timeout": config.lease_timeout,
             "on_backend_error": config.on_backend_error,
         }
-    pools = {
-        name: make(
-            **limits.limiter_kwargs(), backend=backend, key=f"pool:{name}", clock=clock, **extra
-        )
-        for name, limits in config.pools.items()
-    }
+    pools = {} if pools is None else pools
+    for name, limits in config.pools.items():
+        if name not in pools:
+            pools[name] = make(
+                **limits.limiter_kwargs(), backend=backend, key=f"pool:{name}", clock=clock, **extra
+            )
 
     def on_change(provider: str, old: str, new: str) -> None:
         if hooks:

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 import pytest
 from fleet_fixtures import (
     CANARY,
+    REQUEST,
     EventLog,
     assert_no_permits,
     client_for,
@@ -374,6 +375,35 @@ def test_reload_keeps_the_limiter_state_and_takes_new_limits(
         assert client.guard("a") is not guard_before
         assert client.chat("x").model == "other-model"
         assert_no_permits(client)
+
+
+def test_reload_keeps_pools_shared_and_takes_their_new_limits() -> None:
+    def member(name: str, units: int = 1) -> dict[str, object]:
+        url = "http://127.0.0.1:9/v1"
+        return {"name": name, "base_url": url, "model": name, "pool": "plan", "pool_units": units}
+
+    config: dict[str, object] = {
+        "providers": [member("llama", 2), member("dolphin")],
+        "pools": {"plan": {"max_concurrent": 4}},
+    }
+    with Client(config) as client:
+        pool = client.guard("llama").limiter.pool  # type: ignore[attr-defined]
+        assert pool is not None and client.guard("dolphin").limiter.pool is pool  # type: ignore[attr-defined]
+        held = client.guard("llama").limiter.acquire(timeout=0)
+        assert pool.in_flight == 2
+        config["providers"] = [member("llama", 2), member("dolphin"), member("mistral")]
+        config["pools"] = {"plan": {"max_concurrent": 3}}
+        client.reload(config)
+        assert client.guard("llama").limiter.pool is pool  # type: ignore[attr-defined]
+        assert client.guard("mistral").limiter.pool is pool  # type: ignore[attr-defined]
+        assert pool.limits()["max_concurrent"] == 3
+        assert pool.in_flight == 2  # the held permit still counts against the pool
+        assert client.guard("mistral").can_take_now(REQUEST)
+        other = client.guard("mistral").limiter.acquire(timeout=0)
+        assert not client.guard("dolphin").can_take_now(REQUEST)  # 2 + 1 units: pool full
+        held.release()
+        other.release()
+        assert pool.in_flight == 0
 
 
 def test_reload_refuses_a_bad_config_and_keeps_the_old_one(fake: FakeProvider) -> None:
