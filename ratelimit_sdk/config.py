@@ -111,6 +111,14 @@ class LimitsConfig(_Model):
         ge=0,
         description="Seconds to pause after an exhausted quota that names no reset time.",
     )
+    safety_margin: float = Field(
+        default=0.02,
+        ge=0,
+        le=10,
+        description="Seconds the local token buckets run behind the provider's, so network "
+        "jitter never makes a request arrive before the provider's token; costs that much "
+        "once after the first burst, not per request (0: none).",
+    )
 
     def limiter_kwargs(self) -> dict[str, Any]:
         """Return the fields a :class:`~ratelimit_sdk.limiter.Limiter` takes, as keywords."""
@@ -120,6 +128,7 @@ class LimitsConfig(_Model):
             "burst": self.burst,
             "min_interval": self.min_interval,
             "tokens_per_minute": self.tokens_per_minute,
+            "margin": self.safety_margin,
         }
 
 

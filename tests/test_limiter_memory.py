@@ -744,3 +744,17 @@ def test_limiter_as_decorator(clock: FakeClock) -> None:
     assert call(2) == 4
     assert seen == [1]
     assert lim.in_flight == 0
+
+
+def test_margin_delays_the_bucket_once_not_per_request(clock: FakeClock) -> None:
+    lim = RecordingLimiter(requests_per_minute=60, burst=2, margin=0.1, clock=clock)
+    for _ in range(5):
+        lim.acquire().release()
+    start = lim.starts[0]
+    offsets = [round(t - start, 6) for t in lim.starts]
+    assert offsets == [0.0, 0.0, 1.1, 2.1, 3.1]  # the margin once, then the plain rate
+
+
+def test_margin_must_be_non_negative() -> None:
+    with pytest.raises(ConfigError, match="margin"):
+        Limiter(margin=-1)

@@ -26,6 +26,7 @@ _LIMIT_FIELDS = (
     "burst",
     "min_interval",
     "tokens_per_minute",
+    "margin",
 )
 
 
@@ -37,8 +38,8 @@ def check_limits(fields: dict[str, Any]) -> None:
                 f"{name}: unknown limit (known: {', '.join(_LIMIT_FIELDS)})", field=name
             )
         if value is None:
-            if name == "min_interval":
-                raise ConfigError("min_interval: must be a number >= 0 (got None)", field=name)
+            if name in ("min_interval", "margin"):
+                raise ConfigError(f"{name}: must be a number >= 0 (got None)", field=name)
             continue
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}: must be a number (got {value!r})", field=name)
@@ -46,9 +47,9 @@ def check_limits(fields: dict[str, Any]) -> None:
             raise ConfigError(f"{name}: must be finite (got {value!r})", field=name)
         if name in ("max_concurrent", "burst") and value != int(value):
             raise ConfigError(f"{name}: must be a whole number (got {value!r})", field=name)
-        if name == "min_interval":
+        if name in ("min_interval", "margin"):
             if value < 0:
-                raise ConfigError(f"min_interval: must be >= 0 (got {value!r})", field=name)
+                raise ConfigError(f"{name}: must be >= 0 (got {value!r})", field=name)
         elif value <= 0:
             raise ConfigError(
                 f"{name}: must be greater than 0 (got {value!r}); use None for no limit",

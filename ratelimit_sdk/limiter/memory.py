@@ -133,6 +133,12 @@ class MemoryLimiter(Limiter):
     Thread-safe; share one instance among all threads that call the same API.
     Holds its lock for microseconds only: never across a wait, a sleep or I/O.
 
+    ``margin`` (seconds, default 0) makes the token buckets run that far behind the
+    clock: after the first burst every start comes ``margin`` later than the bucket
+    alone would allow. A server's bucket whose clock started when our first request
+    *arrived* is then never ahead of ours, whatever the network jitter up to
+    ``margin``; it costs ``margin`` once, not per request.
+
     ``pool=`` makes this limiter a member of a shared pool (another
     ``MemoryLimiter``): each request then also holds ``pool_units`` of the pool's
     concurrency (and counts against the pool's rate and token budget), admitted in
@@ -152,6 +158,7 @@ class MemoryLimiter(Limiter):
         clock: Clock | None = None,
         pool: MemoryLimiter | None = None,
         pool_units: int = 1,
+        margin: float = 0.0,
     ) -> None:
         check_limits(
             {
@@ -160,6 +167,7 @@ class MemoryLimiter(Limiter):
                 "burst": burst,
                 "min_interval": min_interval,
                 "tokens_per_minute": tokens_per_minute,
+                "margin": margin,
             }
         )
         self.key = key
@@ -177,7 +185,8 @@ class MemoryLimiter(Limiter):
         self._in_flight = 0
         self._queued = 0
         self._closed = False
-        self._build_buckets(now)
+        self._margin = float(margin)
+        self._build_buckets(now - self._margin)
         self._pool: MemoryLimiter | None = None
         self._pool_units = 1
         self._group: _Group
@@ -253,7 +262,9 @@ class MemoryLimiter(Limiter):
                 self._interval = float(limits["min_interval"])
             if "tokens_per_minute" in limits:
                 self._tpm = limits["tokens_per_minute"]
-            self._build_buckets(now)
+            if "margin" in limits:
+                self._margin = float(limits["margin"])
+            self._build_buckets(now - self._margin)
             _dispatch(group, now, None)
 
     def cooldown(self, seconds: float) -> None:
@@ -307,7 +318,7 @@ class MemoryLimiter(Limiter):
             delay = self._cool_until - now
         bucket = self._bucket
         if bucket is not None:
-            d = bucket.delay(1.0, now)
+            d = bucket.delay(1.0, now - self._margin)
             if d > delay:
                 delay = d
         if self._interval:
@@ -316,7 +327,7 @@ class MemoryLimiter(Limiter):
                 delay = d
         tbucket = self._tbucket
         if tbucket is not None and tokens:
-            d = tbucket.delay(tokens, now)
+            d = tbucket.delay(tokens, now - self._margin)
             if d > delay:
                 delay = d
         return delay
@@ -544,8 +555,10 @@ class MemoryLimiter(Limiter):
                 burst=self._burst or 1,
                 min_interval=self._interval,
                 tokens_per_minute=self._tpm,
-                tokens=None if self._bucket is None else self._bucket.available(now),
-                llm_tokens=None if self._tbucket is None else self._tbucket.available(now),
+                tokens=None if self._bucket is None else self._bucket.available(now - self._margin),
+                llm_tokens=(
+                    None if self._tbucket is None else self._tbucket.available(now - self._margin)
+                ),
                 cooldown_remaining=max(0.0, self._cool_until - now),
                 next_start_in=next_start,
             )
@@ -558,6 +571,7 @@ class MemoryLimiter(Limiter):
             "burst": self._burst,
             "min_interval": self._interval,
             "tokens_per_minute": self._tpm,
+            "margin": self._margin,
         }
 
     def __repr__(self) -> str:
