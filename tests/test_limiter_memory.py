@@ -552,12 +552,13 @@ def _max_in_window(starts: list[float], window: float) -> int:
     burst=st.integers(min_value=1, max_value=10),
     gaps=st.lists(st.floats(min_value=0, max_value=2), min_size=1, max_size=60),
     blocking=st.booleans(),
+    margin=st.sampled_from([0.0, 0.02, 0.5]),
 )
 def test_bucket_envelope_holds_for_any_arrivals(
-    rpm: float, burst: int, gaps: list[float], blocking: bool
+    rpm: float, burst: int, gaps: list[float], blocking: bool, margin: float
 ) -> None:
     clock = FakeClock()
-    lim = RecordingLimiter(requests_per_minute=rpm, burst=burst, clock=clock)
+    lim = RecordingLimiter(requests_per_minute=rpm, burst=burst, margin=margin, clock=clock)
     for gap in gaps:
         clock.advance(gap)
         if blocking:

@@ -22,12 +22,15 @@ class TokenBucket:
     Starts full. ``level`` may go negative after :meth:`debit` (a settled
     underestimate): the debt is paid back by refill before anyone else is admitted.
     Starts in any window of length ``t`` never exceed ``capacity + rate * t``.
-    Not thread-safe: the owner serializes access.
+    ``margin``: a take that leaves a full bucket starts the refill ``margin``
+    seconds later, as a remote bucket whose clock starts when the request arrives
+    would; it costs ``margin`` once per burst. Not thread-safe: the owner
+    serializes access.
     """
 
-    __slots__ = ("capacity", "level", "rate", "stamp")
+    __slots__ = ("capacity", "level", "margin", "rate", "stamp")
 
-    def __init__(self, rate: float, capacity: float, now: float) -> None:
+    def __init__(self, rate: float, capacity: float, now: float, margin: float = 0.0) -> None:
         if not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f"rate must be a positive finite number, got {rate!r}")
         if not (capacity > 0 and math.isfinite(capacity)):
@@ -36,6 +39,7 @@ class TokenBucket:
         self.capacity = capacity
         self.level = capacity
         self.stamp = now
+        self.margin = margin
 
     def refill(self, now: float) -> None:
         """Add what accrued since the last refill, up to ``capacity``."""
@@ -50,10 +54,21 @@ class TokenBucket:
         deficit = amount - self.level
         if deficit <= EPSILON:
             return 0.0
-        return deficit / self.rate
+        return max(0.0, self.stamp - now) + deficit / self.rate
 
-    def take(self, amount: float) -> None:
-        """Remove ``amount`` tokens (call :meth:`delay` first; may leave a tiny negative)."""
+    def take(self, amount: float, now: float | None = None) -> None:
+        """Remove ``amount`` tokens (call :meth:`delay` first; may leave a tiny negative).
+
+        Taking from a full bucket at ``now`` with a ``margin`` starts the refill
+        ``margin`` seconds later (see the class docstring).
+        """
+        if (
+            self.margin
+            and now is not None
+            and self.stamp <= now
+            and self.level >= self.capacity - EPSILON
+        ):
+            self.stamp = now + self.margin
         self.level -= amount
 
     def give(self, amount: float) -> None:

@@ -133,11 +133,11 @@ class MemoryLimiter(Limiter):
     Thread-safe; share one instance among all threads that call the same API.
     Holds its lock for microseconds only: never across a wait, a sleep or I/O.
 
-    ``margin`` (seconds, default 0) makes the token buckets run that far behind the
-    clock: after the first burst every start comes ``margin`` later than the bucket
-    alone would allow. A server's bucket whose clock started when our first request
-    *arrived* is then never ahead of ours, whatever the network jitter up to
-    ``margin``; it costs ``margin`` once, not per request.
+    ``margin`` (seconds, default 0): a full token bucket starts refilling ``margin``
+    after the request that takes it out of full, as a provider's bucket starts when
+    that request *arrives*. Network jitter up to ``margin`` then never lands a
+    request before the provider's token; it costs ``margin`` once per burst, not
+    per request.
 
     ``pool=`` makes this limiter a member of a shared pool (another
     ``MemoryLimiter``): each request then also holds ``pool_units`` of the pool's
@@ -186,7 +186,7 @@ class MemoryLimiter(Limiter):
         self._queued = 0
         self._closed = False
         self._margin = float(margin)
-        self._build_buckets(now - self._margin)
+        self._build_buckets(now)
         self._pool: MemoryLimiter | None = None
         self._pool_units = 1
         self._group: _Group
@@ -234,15 +234,17 @@ class MemoryLimiter(Limiter):
             rate = self._rpm / 60.0
             capacity = float(self._burst or 1)
             if self._bucket is None:
-                self._bucket = TokenBucket(rate, capacity, now)
+                self._bucket = TokenBucket(rate, capacity, now, margin=self._margin)
             else:
                 self._bucket.reconfigure(rate, capacity, now)
+                self._bucket.margin = self._margin
         if self._tpm is None:
             self._tbucket = None
         elif self._tbucket is None:
-            self._tbucket = TokenBucket(self._tpm / 60.0, self._tpm, now)
+            self._tbucket = TokenBucket(self._tpm / 60.0, self._tpm, now, margin=self._margin)
         else:
             self._tbucket.reconfigure(self._tpm / 60.0, self._tpm, now)
+            self._tbucket.margin = self._margin
 
     def update(self, **limits: Any) -> None:
         """Change limits while running; see :meth:`Limiter.update`."""
@@ -264,7 +266,7 @@ class MemoryLimiter(Limiter):
                 self._tpm = limits["tokens_per_minute"]
             if "margin" in limits:
                 self._margin = float(limits["margin"])
-            self._build_buckets(now - self._margin)
+            self._build_buckets(now)
             _dispatch(group, now, None)
 
     def cooldown(self, seconds: float) -> None:
@@ -318,7 +320,7 @@ class MemoryLimiter(Limiter):
             delay = self._cool_until - now
         bucket = self._bucket
         if bucket is not None:
-            d = bucket.delay(1.0, now - self._margin)
+            d = bucket.delay(1.0, now)
             if d > delay:
                 delay = d
         if self._interval:
@@ -327,7 +329,7 @@ class MemoryLimiter(Limiter):
                 delay = d
         tbucket = self._tbucket
         if tbucket is not None and tokens:
-            d = tbucket.delay(tokens, now - self._margin)
+            d = tbucket.delay(tokens, now)
             if d > delay:
                 delay = d
         return delay
@@ -335,11 +337,11 @@ class MemoryLimiter(Limiter):
     def _take(self, units: int, tokens: int, now: float) -> None:
         self._in_flight += units
         if self._bucket is not None:
-            self._bucket.take(1.0)
+            self._bucket.take(1.0, now)
         if self._interval:
             self._last_start = now
         if self._tbucket is not None and tokens:
-            self._tbucket.take(tokens)
+            self._tbucket.take(tokens, now)
 
     def _check_request(self, units: int, tokens: int) -> None:
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
@@ -555,10 +557,8 @@ class MemoryLimiter(Limiter):
                 burst=self._burst or 1,
                 min_interval=self._interval,
                 tokens_per_minute=self._tpm,
-                tokens=None if self._bucket is None else self._bucket.available(now - self._margin),
-                llm_tokens=(
-                    None if self._tbucket is None else self._tbucket.available(now - self._margin)
-                ),
+                tokens=None if self._bucket is None else self._bucket.available(now),
+                llm_tokens=(None if self._tbucket is None else self._tbucket.available(now)),
                 cooldown_remaining=max(0.0, self._cool_until - now),
                 next_start_in=next_start,
             )
