@@ -67,8 +67,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Start four fake providers shaped like the seed's on 127.0.0.1, send a "
         "batch through one Client and report what each provider saw. No API key, no network.",
     )
-    demo.add_argument("--requests", type=_positive_int, default=150, metavar="N")
-    demo.add_argument("--workers", type=_positive_int, default=32, metavar="N")
+    demo.add_argument(
+        "--requests", type=_positive_int, default=150, metavar="N", help="batch size (150)"
+    )
+    demo.add_argument("--workers", type=_positive_int, default=32, metavar="N", help="threads (32)")
     demo.add_argument("--seed", type=int, default=0, metavar="S", help="seed of the faults")
     demo.add_argument("--no-progress", action="store_true", help="no progress bar")
     demo.add_argument("--no-faults", action="store_true", help="no injected 5xx or outage")
@@ -83,9 +85,9 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--chain", metavar="NAME", help="a chain of the config (default: default)")
     chat.add_argument("--model", metavar="NAME", help="use only this provider (or model)")
     chat.add_argument(
-        "--timeout", type=_positive_float, metavar="S", help="deadline of the whole call"
+        "--timeout", type=_positive_float, metavar="S", help="deadline of the whole call (s)"
     )
-    chat.add_argument("--max-tokens", type=_positive_int, metavar="N")
+    chat.add_argument("--max-tokens", type=_positive_int, metavar="N", help="answer length cap")
     chat.add_argument("--system", metavar="TEXT", help="a system message before the prompt")
     chat.add_argument("prompt", help='the prompt ("-" reads it from stdin)')
 

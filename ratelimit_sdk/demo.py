@@ -8,8 +8,9 @@ than in real life (rates multiplied, intervals and delays divided), so a batch
 that would take a minute takes about twelve seconds.
 
 Each fake enforces, server-side, the same limits the client is given (in
-flight, requests per minute) and answers 429 to anything over them, so an
-overrun would show. A little trouble is injected (unless ``faults=False``):
+flight, requests per minute, the latter with :data:`JITTER_ALLOWANCE` of leeway
+for network jitter) and answers 429 to anything over them, so an overrun would
+show. The fakes send OpenAI-style ``x-ratelimit-*`` headers, as real providers do. A little trouble is injected (unless ``faults=False``):
 GLM answers about one request in twenty with a 500 or 502, and Llama starts
 with an outage (its first answers are 502s) so its breaker opens and its calls
 fall back.
@@ -68,7 +69,7 @@ LLAMA_OUTAGE = 5
 #: spaces request *starts*; the server sees *arrivals*, a little later and not always
 #: by the same amount, so a server bucket exactly equal to the client's would answer
 #: 429 to a request started right on time whenever it overtook its predecessor.
-JITTER_ALLOWANCE = 0.03
+JITTER_ALLOWANCE = 0.05
 
 
 # -- configuration ----------------------------------------------------------------------------
