@@ -372,6 +372,7 @@ def test_redis_down_with_local_policy_keeps_working_and_comes_back(
 
     wait_until(back, timeout=20)
     other = Limiter(**{**opts, "on_backend_error": "raise"})
+    assert isinstance(other, RedisLimiter)
     assert other.limits()["max_concurrent"] == 3  # written back from the local view
     with lim.acquire(timeout=SLOW):
         assert other.shared_stats()["in_flight"] == 1  # shared again
@@ -443,3 +444,89 @@ def test_shared_stats_report_the_shared_state(make: Callable[..., RedisLimiter])
     assert stats["limits"]["max_concurrent"] == 3
     assert stats["cooldown_remaining"] == 0.0
     assert "RedisLimiter" in repr(lim) and "max_concurrent=3" in repr(lim)
+
+
+def test_cancel_and_wake_all_end_a_wait_and_leave_the_line(
+    make: Callable[..., RedisLimiter],
+) -> None:
+    lim = make(max_concurrent=1)
+    held = lim.acquire()
+    cancel = threading.Event()
+    caught: list[BaseException] = []
+
+    def worker() -> None:
+        try:
+            lim.acquire(timeout=30, cancel=cancel)
+        except AcquireTimeout as exc:
+            caught.append(exc)
+
+    t = threading.Thread(target=worker)
+    t.start()
+    wait_until(lambda: lim.queued == 1)
+    wait_until(lambda: lim.shared_stats()["waiting"] == 1)  # its ticket is in line
+    cancel.set()
+    lim.wake_all()
+    t.join(10)
+    assert len(caught) == 1 and "cancelled" in str(caught[0])
+    assert lim.queued == 0
+    assert lim.shared_stats()["waiting"] == 0  # and it left the line
+    held.release()
+    assert lim.try_acquire() is not None
+
+
+def test_would_admit_reads_the_shared_state(make: Callable[..., RedisLimiter]) -> None:
+    a = make(max_concurrent=1)
+    b = make(max_concurrent=1)
+    assert b.would_admit()
+    with a.acquire():
+        assert not b.would_admit()
+    assert b.would_admit()
+    a.cooldown(0.5)
+    assert not b.would_admit()
+
+
+def test_started_while_redis_was_down_states_its_limits_when_it_is_back(
+    own_redis_server: RedisServer, redis_key: str
+) -> None:
+    opts: dict[str, Any] = {
+        "backend": own_redis_server.url,
+        "key": redis_key,
+        "backend_retry": 0.2,
+        "socket_timeout": 0.5,
+    }
+    old = Limiter(max_concurrent=1, **opts)  # the limits stored so far
+    own_redis_server.kill()
+    new = Limiter(max_concurrent=4, **opts)  # a deploy with a new config, Redis down
+    assert isinstance(new, RedisLimiter) and new.degraded
+    own_redis_server.start()
+    old.update(max_concurrent=1)  # Redis has the old config again
+
+    def back() -> bool:
+        new.acquire(timeout=SLOW).release()
+        return not new.degraded
+
+    wait_until(back, timeout=20)
+    assert old.snapshot().max_concurrent == 4  # the new configuration won, as at a start
+    old.close()
+    new.close()
+
+
+def test_the_redis_password_never_reaches_a_log_line_or_a_repr(
+    redis_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    from redis_server import free_port
+
+    secret = "s3cret-canary-pw"
+    with caplog.at_level(logging.DEBUG, logger="ratelimit_sdk"):
+        lim = Limiter(
+            backend=f"redis://:{secret}@127.0.0.1:{free_port()}/0",
+            key=redis_key,
+            max_concurrent=1,
+            socket_timeout=0.5,
+        )
+        assert isinstance(lim, RedisLimiter)
+        lim.acquire(timeout=SLOW).release()
+        text = repr(lim) + str(lim.shared_stats())
+        lim.close()
+    assert caplog.records  # the outage was logged...
+    assert secret not in caplog.text and secret not in text  # ...without the password

@@ -333,7 +333,9 @@ class RedisLimiter(Limiter):
         self._renew_paused = False  # tests: simulate a holder that stopped renewing
         self._offset: float | None = None  # server seconds minus local monotonic seconds
         self._local: MemoryLimiter | None = None
-        self._degraded = False
+        self._outage = False  # Redis failed and has not answered since (one WARNING each)
+        self._degraded = False  # ... and this process uses its own limits meanwhile
+        self._initialized = False
         self._probe_at = 0.0
         self._pending: dict[str, Any] = {}
         self._pending_cool_until: float | None = None
@@ -385,11 +387,14 @@ class RedisLimiter(Limiter):
         return [self._spec(), self._origin, self._channel]
 
     def _init_remote(self) -> None:
+        """State the configured limits (see ``init.lua``); again on recovery if Redis was down."""
         try:
             raw = self._run("init", self._keys[:2], [f"1|{self._origin}", self._origin])
         except _Down as exc:
             self._on_down(exc, "storing the limits")
             return
+        self._initialized = True
+        self._after_success()
         self._absorb(raw)
 
     def _absorb(self, raw: Sequence[Any]) -> None:
@@ -515,15 +520,18 @@ class RedisLimiter(Limiter):
         self._note_down(exc, doing)
 
     def _note_down(self, exc: _Down, doing: str) -> None:
-        if self.on_backend_error == "raise":
-            _log.warning("Redis unreachable while %s for limiter %r: %s", doing, self.key, exc)
-            return
+        """Remember the outage (one WARNING each); with policy "local", fall back."""
+        local = self.on_backend_error == "local"
         now = self.clock.monotonic()
         with self._lock:
-            first = not self._degraded
-            self._degraded = True
-            self._probe_at = now + self.backend_retry
-        if first:
+            first = not self._outage
+            self._outage = True
+            if local:
+                self._degraded = True
+                self._probe_at = now + self.backend_retry
+        if not first:
+            _log.debug("Redis still unreachable for limiter %r: %s", self.key, exc)
+        elif local:
             _log.warning(
                 "Redis unreachable while %s for limiter %r (%s): using this process's own "
                 "limits until it answers again (next try in %gs)",
@@ -533,10 +541,13 @@ class RedisLimiter(Limiter):
                 self.backend_retry,
             )
         else:
-            _log.debug("Redis still unreachable for limiter %r: %s", self.key, exc)
+            _log.warning("Redis unreachable while %s for limiter %r: %s", doing, self.key, exc)
 
     def _is_degraded(self) -> bool:
         return self._degraded
+
+    def _in_outage(self) -> bool:
+        return self._outage
 
     def _use_local(self) -> bool:
         """True while Redis is known to be down and it is not yet time to try it again."""
@@ -553,16 +564,19 @@ class RedisLimiter(Limiter):
 
     def _after_success(self) -> None:
         """Redis answered: if we were falling back, return to it and hand over what changed."""
-        if not self._degraded:
+        if not self._outage:
             return
         with self._lock:
-            if not self._is_degraded():  # another thread handled the recovery
+            if not self._in_outage():  # another thread handled the recovery
                 return
+            self._outage = False
             self._degraded = False
             pending, self._pending = self._pending, {}
             cool_until, self._pending_cool_until = self._pending_cool_until, None
         _log.warning("Redis answers again for limiter %r: shared limits are back", self.key)
         try:
+            if not self._initialized:
+                self._init_remote()
             if pending:
                 self.update(**pending)
             if cool_until is not None:
@@ -652,6 +666,8 @@ class RedisLimiter(Limiter):
         clock = self.clock
         start = clock.monotonic()
         deadline = None if timeout is None else start + timeout
+        if self._closed:
+            raise self._timeout_error(start, "limiter is closed")
         if self._orphans:
             self._drain_orphans()
         if not self._use_local():
