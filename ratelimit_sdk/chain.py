@@ -24,6 +24,7 @@ The rules (DESIGN.md section 3, "The chain"):
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Sequence
 
@@ -44,15 +45,95 @@ _COMES_BACK = frozenset(
 )
 
 
+#: Longest a call waiting for "any provider" sleeps between looks when no provider
+#: names a time (a release normally wakes it first; this bounds a missed one, such as
+#: a release from another process or a permit freed by the garbage collector).
+FLEET_WAKE_CAP = 0.5
+
+
+class Fleet:
+    """Where calls wait when every provider of their chain is full.
+
+    Each guard's limiter tells the fleet when it frees room; a waiting call then
+    walks its chain again in priority order. Time-based openings (tokens,
+    spacing, cooldowns, breakers) wake it at the right moment. Thread-safe; one
+    per client, shared by its chains.
+    """
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self._cond = threading.Condition()
+        self._waiters = 0
+        self._watched: set[int] = set()
+
+    def watch(self, guards: Sequence[Guard]) -> None:
+        """Listen to the releases of ``guards`` (each guard once)."""
+        for guard in guards:
+            if id(guard) not in self._watched:
+                self._watched.add(id(guard))
+                guard.on_release(self.notify)
+
+    def notify(self) -> None:
+        """Something freed room: wake the waiting calls (cheap when nobody waits)."""
+        if self._waiters:
+            with self._cond:
+                self._cond.notify_all()
+
+    def wait_any(
+        self,
+        guards: Sequence[Guard],
+        request: ChatRequest,
+        until: float,
+        cancel: threading.Event | None,
+    ) -> bool:
+        """Block until one of ``guards`` could take ``request`` now; False at ``until``."""
+        with self._cond:
+            self._waiters += 1
+            try:
+                while True:
+                    if cancel is not None and cancel.is_set():
+                        raise Cancelled
+                    now = self.clock.monotonic()
+                    if now >= until:
+                        return False
+                    known: list[float] = []
+                    unknown = False  # someone needs a release: it may come at any time
+                    for guard in guards:
+                        wait = guard.time_to_take(request)
+                        if wait is None:
+                            unknown = True
+                        elif wait <= 0.0:
+                            return True
+                        else:
+                            known.append(wait)
+                    soonest = min(known, default=math.inf)
+                    if not unknown and soonest >= until - now:
+                        return False  # nobody can be back in time: do not wait for nothing
+                    if unknown:
+                        soonest = min(soonest, FLEET_WAKE_CAP)
+                    self.clock.wait(self._cond, min(soonest, until - now))
+            finally:
+                self._waiters -= 1
+
+
 class Chain:
     """An ordered list of guards and the loop over them. Thread-safe; holds no call state."""
 
-    def __init__(self, guards: Sequence[Guard], *, clock: Clock, hooks: Hooks) -> None:
+    def __init__(
+        self,
+        guards: Sequence[Guard],
+        *,
+        clock: Clock,
+        hooks: Hooks,
+        fleet: Fleet | None = None,
+    ) -> None:
         if not guards:
             raise ValueError("a chain needs at least one provider")
         self.guards = tuple(guards)
         self.clock = clock
         self.hooks = hooks
+        self.fleet = fleet if fleet is not None else Fleet(clock)
+        self.fleet.watch(self.guards)
 
     @property
     def names(self) -> list[str]:
@@ -148,6 +229,17 @@ class Chain:
             if now >= deadline:
                 return None
             max_wait = guard.config.limits.max_queue_wait
+            if (
+                not last_round
+                and later
+                and not guard.can_take_now(request)
+                and not any(g.can_take_now(request) for g in later)
+            ):
+                # Everyone from here on is full: wait for the first to have room, rather
+                # than in this provider's queue while a later one frees up first.
+                until = deadline if max_wait is None else min(deadline, now + max_wait)
+                if self.fleet.wait_any(self.guards[index:], request, until, cancel):
+                    continue
             if last_round:
                 max_wait = wait_cap  # nothing left to move on to but who comes back
             elif any(g.can_take_now(request) for g in later):

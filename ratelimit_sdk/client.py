@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, overl
 
 from ._display import StatsTable, stats_html
 from ._redact import get_logger
-from .chain import Chain
+from .chain import Chain, Fleet
 from .clock import SYSTEM_CLOCK, Clock
 from .config import ClientConfig, LimitsConfig, ProviderConfig
 from .errors import (
@@ -99,6 +99,7 @@ class Client:
         self._lock = threading.Lock()
         self._closed = False
         self._retired: list[Guard] = []
+        self._fleet = Fleet(self._clock)
         self._state = self._build(cfg, {}, {})
 
     @classmethod
@@ -129,7 +130,12 @@ class Client:
             else:
                 guards[pc.name] = built[pc.name]
         chains = {
-            name: Chain([guards[n] for n in cfg.chain(name)], clock=self._clock, hooks=self._hooks)
+            name: Chain(
+                [guards[n] for n in cfg.chain(name)],
+                clock=self._clock,
+                hooks=self._hooks,
+                fleet=self._fleet,
+            )
             for name in {"default", *cfg.chains}
         }
         return _State(cfg, guards, chains, pools)
@@ -261,14 +267,14 @@ class Client:
             if chain_name is not None:
                 raise ConfigError("pass preferred_model or chain, not both", field="chain")
             guard = state.guards[cfg.provider(preferred_model).name]
-            return Chain([guard], clock=self._clock, hooks=self._hooks)
+            return Chain([guard], clock=self._clock, hooks=self._hooks, fleet=self._fleet)
         name = chain_name or "default"
         chain = state.chains.get(name)
         if chain is None:
             cfg.chain(name)  # raises ConfigError naming the known chains
             raise ConfigError(f"unknown chain {name!r}", field="chain")
         if not cfg.use_fallback:
-            return Chain(chain.guards[:1], clock=self._clock, hooks=self._hooks)
+            return Chain(chain.guards[:1], clock=self._clock, hooks=self._hooks, fleet=self._fleet)
         return chain
 
     # -- many calls ------------------------------------------------------------------------
@@ -420,6 +426,7 @@ class Client:
                 bar.close()
 
     def _wake_waiters(self) -> None:
+        self._fleet.notify()
         for guard in self._state.guards.values():
             wake = getattr(guard.limiter, "wake_all", None)
             if callable(wake):

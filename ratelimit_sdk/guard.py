@@ -12,6 +12,7 @@ from a :class:`~ratelimit_sdk.config.ClientConfig`.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections import deque
@@ -163,6 +164,26 @@ class Guard:
         except RateLimitSDKError:
             return False
 
+    def time_to_take(self, request: ChatRequest) -> float | None:
+        """Seconds until a call sent here could be admitted at once (``0.0``: now).
+
+        ``None`` when only a release can tell (concurrency is full, another
+        thread's half-open probe is out). Nothing is taken; the answer may be stale.
+        """
+        reason, wait = self.unavailable_for()
+        if reason is Outcome.COOLING_DOWN:
+            return wait
+        if reason is Outcome.CIRCUIT_OPEN:
+            return wait if wait > 0 else None
+        try:
+            return self.limiter.time_to_admit(tokens=self._token_estimate(request))
+        except RateLimitSDKError:
+            return None
+
+    def on_release(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` whenever this provider's limiter frees room (where it can tell)."""
+        self.limiter.add_listener(fn)
+
     def _token_estimate(self, request: ChatRequest) -> int:
         limits = self.config.limits
         pool = self._pool_limits
@@ -237,6 +258,13 @@ class Guard:
             return self._attempt_stream(request, permit, probe, deadline, started)
         try:
             verdict, completion = self._send(request, deadline, admitted)
+            if verdict.outcome is Outcome.OK and verdict.cooldown:
+                # "Remaining 0, reset in r" counts from when the provider took our request,
+                # about when we sent it: the wait left is r minus what the answer took
+                # (plus the margin that absorbs network jitter).
+                spent = self.clock.monotonic() - admitted
+                left = verdict.cooldown - spent + self.config.limits.safety_margin
+                verdict = dataclasses.replace(verdict, cooldown=left if left > 0 else None)
             if completion is not None and completion.usage is not None:
                 permit.settle(tokens=completion.usage.total_tokens)
             # Pause the provider before the permit goes back, or a queued caller slips in.

@@ -205,6 +205,21 @@ class Limiter:
             return False
         return not (snap.llm_tokens is not None and tokens and snap.llm_tokens < tokens)
 
+    def time_to_admit(self, *, units: int = 1, tokens: int = 0) -> float | None:
+        """Seconds until an acquire would be admitted at once (``None``: needs a release).
+
+        The default reads :meth:`snapshot`; backends may answer more exactly.
+        """
+        snap = self.snapshot()
+        if snap.queued or (
+            snap.max_concurrent is not None and snap.in_flight + units > snap.max_concurrent
+        ):
+            return None
+        return max(snap.cooldown_remaining, snap.next_start_in)
+
+    def add_listener(self, fn: Any) -> None:
+        """Call ``fn()`` after releases, where the backend can tell (default: never)."""
+
     def __call__(self, func: Any) -> Any:
         """Use the limiter as a decorator: each call of ``func`` holds a permit."""
         import functools

@@ -26,6 +26,7 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock
@@ -185,6 +186,7 @@ class MemoryLimiter(Limiter):
         self._in_flight = 0
         self._queued = 0
         self._closed = False
+        self._listeners: tuple[Callable[[], None], ...] = ()
         self._margin = float(margin)
         self._build_buckets(now)
         self._pool: MemoryLimiter | None = None
@@ -402,6 +404,29 @@ class MemoryLimiter(Limiter):
         except AcquireTimeout:
             return None
 
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` after every release here (outside the lock; keep it quick)."""
+        self._listeners = (*self._listeners, fn)
+
+    def time_to_admit(self, *, units: int = 1, tokens: int = 0) -> float | None:
+        """Seconds until an acquire would be admitted at once if nothing else changed.
+
+        ``0.0``: now. ``None``: only a release can help (concurrency is full, or
+        earlier waiters hold the line), or the limiter is closed.
+        """
+        group = self._group
+        pool = self._pool
+        with group.lock:
+            if self._is_closed() or any(
+                w.limiter is self or w.limiter is pool or pool is None for w in group.queue
+            ):
+                return None
+            now = self.clock.monotonic()
+            delay = self._delay(units, tokens, now)
+            if pool is not None:
+                delay = max(delay, pool._delay(self._pool_units, tokens, now))
+            return None if delay == _INF else delay
+
     def would_admit(self, *, units: int = 1, tokens: int = 0) -> bool:
         """Whether an acquire now would be admitted at once (takes nothing)."""
         group = self._group
@@ -500,6 +525,8 @@ class MemoryLimiter(Limiter):
                 _drain_orphans(group)
             if group.queue:
                 _dispatch(group, self.clock.monotonic(), None)
+        for fn in self._listeners:
+            fn()
 
     def _release_from_gc(self, permit: Permit) -> None:
         group = self._group
