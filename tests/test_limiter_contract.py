@@ -132,6 +132,21 @@ def test_burst_then_steady_rate(make: Make) -> None:
     assert starts[-1] - base < SLOW
 
 
+def test_margin_delays_the_refill_after_a_burst_once(make: Make) -> None:
+    lim = make(requests_per_minute=600, burst=2, margin=0.2)  # 10 per second
+    assert lim.limits()["margin"] == 0.2  # type: ignore[attr-defined]
+    t0 = time.monotonic()
+    first = [lim.try_acquire(), lim.try_acquire()]
+    assert all(p is not None for p in first)
+    lim.acquire(timeout=SLOW).release()  # refill starts 0.2 s after the burst, +0.1 s
+    assert time.monotonic() - t0 >= 0.9 * 0.3
+    t1 = time.monotonic()
+    lim.acquire(timeout=SLOW).release()  # later tokens come at the plain rate
+    assert 0.9 * 0.1 <= time.monotonic() - t1 < SLOW
+    lim.update(margin=0.0)
+    assert lim.limits()["margin"] == 0.0  # type: ignore[attr-defined]
+
+
 def test_min_interval_spaces_starts(make: Make) -> None:
     lim = make(min_interval=0.2)
     starts: list[float] = []

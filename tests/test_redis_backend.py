@@ -530,3 +530,39 @@ def test_the_redis_password_never_reaches_a_log_line_or_a_repr(
         lim.close()
     assert caplog.records  # the outage was logged...
     assert secret not in caplog.text and secret not in text  # ...without the password
+
+
+def test_time_to_admit_reads_the_shared_state(make: Callable[..., RedisLimiter]) -> None:
+    a = make(max_concurrent=1, requests_per_minute=60, burst=1)
+    b = make(max_concurrent=1, requests_per_minute=60, burst=1)
+    assert b.time_to_admit() == 0.0
+    with a.acquire():
+        assert b.time_to_admit() is None  # only a release can help
+    wait = b.time_to_admit()
+    assert wait is not None and 0.5 < wait <= 1.0  # the next token
+    b.update(requests_per_minute=None)
+    assert a.time_to_admit() == 0.0
+
+
+def test_listeners_hear_releases(make: Callable[..., RedisLimiter]) -> None:
+    lim = make(max_concurrent=1)
+    heard: list[int] = []
+    lim.add_listener(lambda: heard.append(1))
+    lim.add_listener(lambda: 1 / 0)  # a failing listener breaks nothing
+    with lim.acquire():
+        assert heard == []
+    assert heard == [1]
+    assert lim.in_flight == 0
+
+
+def test_built_from_limits_config_as_the_client_does(redis_url: str, redis_key: str) -> None:
+    from ratelimit_sdk.config import LimitsConfig
+
+    kwargs = LimitsConfig(max_concurrent=2, requests_per_minute=60, burst=2).limiter_kwargs()
+    lim = Limiter(**kwargs, backend=redis_url, key=redis_key)
+    assert isinstance(lim, RedisLimiter)
+    assert lim.limits()["max_concurrent"] == 2
+    assert lim.limits()["margin"] == kwargs["margin"]
+    with lim.acquire(timeout=SLOW):
+        pass
+    lim.close()

@@ -49,7 +49,7 @@ import math
 import os
 import threading
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
@@ -97,14 +97,24 @@ _SCRIPTS = (
     "init",
     "stats",
 )
-_FIELDS = ("max_concurrent", "requests_per_minute", "burst", "min_interval", "tokens_per_minute")
+_FIELDS = (
+    "max_concurrent",
+    "requests_per_minute",
+    "burst",
+    "min_interval",
+    "tokens_per_minute",
+    "margin",
+)
 _SHORT = {
     "max_concurrent": "mc",
     "requests_per_minute": "rpm",
     "burst": "burst",
     "min_interval": "mi",
     "tokens_per_minute": "tpm",
+    "margin": "mg",
 }
+#: Limit fields in a script reply: the six limits and the version.
+_NCFG = 7
 
 
 @functools.cache
@@ -143,14 +153,15 @@ def _text(value: Any) -> str:
 
 
 def _parse_limits(raw: Sequence[Any]) -> tuple[dict[str, Any], str]:
-    """The six limit fields of a script reply -> (limits, version)."""
-    mc, rpm, burst, mi, tpm, version = (_text(x) for x in raw)
+    """The limit fields of a script reply (``_NCFG`` of them) -> (limits, version)."""
+    mc, rpm, burst, mi, tpm, mg, version = (_text(x) for x in raw)
     limits = {
         "max_concurrent": int(float(mc)) if mc else None,
         "requests_per_minute": float(rpm) if rpm else None,
         "burst": int(float(burst)) if burst else None,
         "min_interval": float(mi) if mi else 0.0,
         "tokens_per_minute": float(tpm) if tpm else None,
+        "margin": float(mg) if mg else 0.0,
     }
     return limits, version
 
@@ -238,6 +249,7 @@ class RedisLimiter(Limiter):
         clock: Clock | None = None,
         pool: RedisLimiter | None = None,
         pool_units: int = 1,
+        margin: float = 0.0,
         prefix: str = DEFAULT_PREFIX,
         lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
         on_backend_error: str = "local",
@@ -251,6 +263,7 @@ class RedisLimiter(Limiter):
             "burst": burst,
             "min_interval": min_interval,
             "tokens_per_minute": tokens_per_minute,
+            "margin": margin,
         }
         check_limits(limits)
         if not isinstance(key, str) or not key:
@@ -308,6 +321,7 @@ class RedisLimiter(Limiter):
             "burst": None if burst is None else int(burst),
             "min_interval": float(min_interval),
             "tokens_per_minute": tokens_per_minute,
+            "margin": float(margin),
         }
         self._origin = _spec(self._limits)
         self._version = "1"
@@ -326,6 +340,7 @@ class RedisLimiter(Limiter):
         self._gen_cfg = 0
         self._closed = False
         self._orphans: deque[Permit] = deque()
+        self._listeners: tuple[Callable[[], None], ...] = ()
         self._listener: threading.Thread | None = None
         self._listening = threading.Event()
         self._renewer: threading.Thread | None = None
@@ -384,6 +399,7 @@ class RedisLimiter(Limiter):
         return changed
 
     def _side_args(self) -> list[str]:
+        """The acquire script's per-limiter arguments: spec, origin, channel."""
         return [self._spec(), self._origin, self._channel]
 
     def _init_remote(self) -> None:
@@ -398,7 +414,7 @@ class RedisLimiter(Limiter):
         self._absorb(raw)
 
     def _absorb(self, raw: Sequence[Any]) -> None:
-        """Take the limits Redis reported (six fields) as this process's view."""
+        """Take the limits Redis reported (``_NCFG`` fields) as this process's view."""
         seen = tuple(raw)
         if seen == self._raw_seen:
             return  # the usual case: nothing changed since the last reply
@@ -438,6 +454,7 @@ class RedisLimiter(Limiter):
         merged = dict(self._limits)
         merged.update(limits)
         merged["min_interval"] = float(merged["min_interval"])
+        merged["margin"] = float(merged["margin"])
         with self._lock:
             self._set_limits(merged, self._version)
             self._raw_seen = ()
@@ -781,9 +798,9 @@ class RedisLimiter(Limiter):
                 self._after_success()
                 status = int(reply[0])
                 self._offset = float(_text(reply[2])) / 1e6 - (t0 + t1) / 2.0
-                self._absorb(reply[3:9])
+                self._absorb(reply[3 : 3 + _NCFG])
                 if self._pool is not None:
-                    self._pool._absorb(reply[9:15])
+                    self._pool._absorb(reply[3 + _NCFG : 3 + 2 * _NCFG])
                 if status == 1:
                     return self._granted(w.id, units, tokens)
                 queued_in_redis = wait
@@ -905,7 +922,10 @@ class RedisLimiter(Limiter):
                                     self._listening.set()
                                     self._wake("c")  # anything sent before now was missed
                             elif msg["type"] == "message":
-                                self._wake(_text(msg["data"]))
+                                kind = _text(msg["data"])
+                                self._wake(kind)
+                                if kind == "r" and self._listeners:
+                                    self._tell_listeners()
                         now = SYSTEM_CLOCK.monotonic()
                         with self._lock:
                             if self._closed:
@@ -987,6 +1007,8 @@ class RedisLimiter(Limiter):
             self._pool._add_member_units(-permit.pool_units)
         self._send_release(f"{permit.lease}|{permit.units}", f"{permit.lease}|{permit.pool_units}")
         self._wake("r")
+        if self._listeners:
+            self._tell_listeners()
 
     def _send_release(self, member: str, pool_member: str) -> None:
         keys = [self._keys[2], self._keys[3]]
@@ -1053,23 +1075,28 @@ class RedisLimiter(Limiter):
         """True while Redis is unreachable and this process uses its own limits."""
         return self._degraded
 
-    def _stats(self) -> dict[str, Any] | None:
-        """The shared state, or None when falling back to local limits."""
+    def _stats(self, units: int = 1, tokens: int = 0) -> dict[str, Any] | None:
+        """The shared state, or None when falling back to local limits.
+
+        ``admit_in``: seconds until a request of ``units`` and ``tokens`` would be
+        admitted by the limits alone (``None``: only a release can help).
+        """
         if self._use_local():
             return None
         try:
-            r = self._run("stats", self._keys, [self._spec(), self._origin])
+            r = self._run("stats", self._keys, [self._spec(), self._origin, units, tokens])
         except _Down as exc:
             self._on_down(exc, "reading the shared state")
             return None
         self._after_success()
-        self._absorb(r[7:13])
-        tokens, llm = _text(r[3]), _text(r[4])
+        self._absorb(r[8 : 8 + _NCFG])
+        bucket, llm, admit = _text(r[3]), _text(r[4]), _text(r[7])
         return {
+            "admit_in": None if admit == "inf" else float(admit) / 1e6,
             "in_flight": int(r[0]),
             "holders": int(r[1]),
             "waiting": int(r[2]),
-            "tokens": float(tokens) if tokens else None,
+            "tokens": float(bucket) if bucket else None,
             "llm_tokens": float(llm) if llm else None,
             "cooldown_remaining": float(_text(r[5])) / 1e6,
             "next_start_in": float(_text(r[6])) / 1e6,
@@ -1101,25 +1128,49 @@ class RedisLimiter(Limiter):
                 "limits_version": None,
                 "limits": self.limits(),
             }
+        del stats["admit_in"]
         return {"backend": "redis", "key": self.key, **stats, "limits": self.limits()}
+
+    def time_to_admit(self, *, units: int = 1, tokens: int = 0) -> float | None:
+        """Seconds until an acquire would be admitted at once, by the shared state.
+
+        ``0.0``: now. ``None``: only a release can help (concurrency is full across
+        the processes, or waiters of any process hold the line), or the limiter is
+        closed. One round trip; takes nothing, and the answer may be stale.
+        """
+        if self._closed:
+            return None
+        stats = self._stats(units, tokens)
+        if stats is None:
+            return self._fallback().time_to_admit(units=units, tokens=tokens)
+        if self._queue or stats["waiting"]:
+            return None
+        admit: float | None = stats["admit_in"]
+        return admit
 
     def would_admit(self, *, units: int = 1, tokens: int = 0) -> bool:
         """Whether an acquire now would be admitted at once, by the shared state. One round trip.
 
         Takes nothing; the answer can be stale by the time the caller acts on it.
         """
-        stats = self._stats()
-        if stats is None:
-            return self._fallback().would_admit(units=units, tokens=tokens)
-        if self._queue or stats["waiting"] or stats["cooldown_remaining"] > 0:
-            return False
-        if stats["next_start_in"] > 0:
-            return False
-        mc = self._limits["max_concurrent"]
-        if mc is not None and stats["in_flight"] + units > mc:
-            return False
-        llm = stats["llm_tokens"]
-        return not (llm is not None and tokens and llm < tokens)
+        return self.time_to_admit(units=units, tokens=tokens) == 0.0
+
+    def add_listener(self, fn: Callable[[], None]) -> None:
+        """Call ``fn()`` when room may have been freed here or elsewhere.
+
+        After each release in this process, and when a release by another process
+        is heard (releases are announced while someone waits in line, and heard
+        while a thread of this process waits). Runs outside the lock; keep it quick.
+        """
+        with self._lock:
+            self._listeners = (*self._listeners, fn)
+
+    def _tell_listeners(self) -> None:
+        for fn in self._listeners:
+            try:
+                fn()
+            except Exception:  # a listener must not break a release
+                _log.exception("release listener of limiter %r failed", self.key)
 
     def cooldown_remaining(self) -> float:
         """Seconds until the shared cooldown ends (0.0: none). One round trip."""

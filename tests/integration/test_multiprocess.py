@@ -45,15 +45,19 @@ def _stop(procs: list[Any]) -> None:
 
 def test_four_processes_stay_within_one_providers_limits(redis_url: str, redis_key: str) -> None:
     rate_per_minute, burst, per_process = 600.0, 2, 8  # 10 starts per second
-    limits = {"max_concurrent": 2, "requests_per_minute": rate_per_minute, "burst": burst}
-    # The server allows one request more of burst than the limiters: the loopback hop
-    # does not take the same time for every request, and a request that left on time
-    # may arrive a few milliseconds after the next one's token. Same rate, same
-    # concurrency.
+    # The server's limits exactly. The loopback hop does not take the same time for
+    # every request, so the limiters' buckets run 100 ms behind the server's (margin):
+    # a request that left on time never arrives before its token.
+    limits = {
+        "max_concurrent": 2,
+        "requests_per_minute": rate_per_minute,
+        "burst": burst,
+        "margin": 0.1,
+    }
     with FakeProvider(
         max_concurrency=2,
         requests_per_minute=rate_per_minute,
-        burst=burst + 1,
+        burst=burst,
         latency=0.15,  # long enough that the concurrency limit is reached often
     ) as fake:
         barrier = SPAWN.Barrier(4)

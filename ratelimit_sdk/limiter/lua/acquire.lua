@@ -5,7 +5,7 @@
 --       5 ticket ttl (us), 6 arrival estimate (server us; 0: now),
 --       7 mode ('w': wait in line, 't': try, never queue), 8 spec, 9 origin, 10 channel,
 --       [11 pool units, 12 pool spec, 13 pool origin, 14 pool channel]
--- Reply: {status, wait (us), server now (us), 6 limit fields, [6 pool limit fields]}
+-- Reply: {status, wait (us), server now (us), 7 limit fields, [7 pool limit fields]}
 --   status 1: admitted (lease held); 0: wait ``wait`` us then call again;
 --   -1: wait for a wake-up (a release, or the line to move); -2: can never fit.
 --

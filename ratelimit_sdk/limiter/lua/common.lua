@@ -2,7 +2,7 @@
 --
 -- Time is the Redis server's (TIME), in integer microseconds, so every process and
 -- host reads one clock. Keys of one limiter (``{prefix}:{key}`` below):
---   :cfg     hash  limits: mc rpm burst mi tpm ("" = no limit), v (version), o (origin)
+--   :cfg     hash  limits: mc rpm burst mi tpm mg ("" = no limit), v (version), o (origin)
 --   :st      hash  state:  bl bt (request bucket level, stamp), tl tt (LLM token bucket),
 --                         last (last start), cu (cooldown until)
 --   :leases  zset  concurrency holders "<id>|<units>" scored by lease expiry
@@ -22,7 +22,7 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- "v|mc|rpm|burst|mi|tpm" -> {v, mc, rpm, burst, mi, tpm} (strings, "" for no limit)
+-- "v|mc|rpm|burst|mi|tpm|mg" -> {v, mc, rpm, burst, mi, tpm, mg} (strings, "" for none)
 local function split_spec(spec)
   local out = {}
   for field in string.gmatch(spec .. '|', '([^|]*)|') do
@@ -38,7 +38,8 @@ local function parse_cfg(raw)
     burst = tonumber(raw[3]),
     mi = tonumber(raw[4]) or 0,
     tpm = tonumber(raw[5]),
-    v = raw[6],
+    mg = tonumber(raw[6]) or 0,
+    v = raw[7],
     raw = raw,
   }
 end
@@ -46,18 +47,24 @@ end
 -- The stored limits; when there are none (first use, or Redis lost them) the
 -- caller's own ``spec`` is written, so limits always come back from config.
 local function load_cfg(key, spec, origin)
-  local raw = redis.call('HMGET', key, 'mc', 'rpm', 'burst', 'mi', 'tpm', 'v')
-  if not raw[6] then
+  local raw = redis.call('HMGET', key, 'mc', 'rpm', 'burst', 'mi', 'tpm', 'mg', 'v')
+  if not raw[7] then
     local f = split_spec(spec)
     redis.call('HSET', key, 'v', f[1], 'mc', f[2], 'rpm', f[3], 'burst', f[4],
-      'mi', f[5], 'tpm', f[6], 'o', origin)
-    raw = {f[2], f[3], f[4], f[5], f[6], f[1]}
+      'mi', f[5], 'tpm', f[6], 'mg', f[7], 'o', origin)
+    raw = {f[2], f[3], f[4], f[5], f[6], f[7], f[1]}
   end
   return parse_cfg(raw)
 end
 
+-- The limit fields of a reply: mc rpm burst mi tpm mg v.
 local function cfg_reply(c)
-  return {c.raw[1] or '', c.raw[2] or '', c.raw[3] or '', c.raw[4] or '', c.raw[5] or '', c.v}
+  local out = {}
+  for i = 1, 6 do
+    out[i] = c.raw[i] or ''
+  end
+  out[7] = c.v
+  return out
 end
 
 local function load_state(key)
@@ -69,7 +76,8 @@ local function load_state(key)
   }
 end
 
--- Level of a bucket at ``now`` (a bucket never written yet is full).
+-- Level of a bucket at ``now`` (a bucket never written yet is full). A stamp in the
+-- future (see ``taken_stamp``) means the refill has not started yet.
 local function level(lvl, stamp, rate, cap, now)
   if not lvl then
     return cap
@@ -81,6 +89,29 @@ local function level(lvl, stamp, rate, cap, now)
     lvl = cap
   end
   return lvl
+end
+
+-- The stamp to store after a take at ``now`` that left level ``lvl`` (before the take)
+-- of capacity ``cap``: never moved back; with a margin, a take from a full bucket
+-- starts the refill ``mg`` seconds later, as a provider's bucket whose clock starts
+-- when the request arrives would (jitter up to the margin never lands early).
+local function taken_stamp(stamp, lvl, cap, mg, now)
+  if mg > 0 and (not stamp or stamp <= now) and lvl >= cap - EPS then
+    return now + mg * 1e6
+  end
+  if stamp and stamp > now then
+    return stamp
+  end
+  return now
+end
+
+-- Microseconds until ``deficit`` tokens have accrued (the refill may start later).
+local function refill_wait(deficit, stamp, rate, now)
+  local w = deficit / rate
+  if stamp and stamp > now then
+    w = w + (stamp - now)
+  end
+  return w
 end
 
 local function req_rate(c)
@@ -136,8 +167,11 @@ local function delay(L, units, tokens, now)
     local rate, cap = req_rate(c)
     L.bl = level(s.bl, s.bt, rate, cap, now)
     local deficit = 1 - L.bl
-    if deficit > EPS and deficit / rate > d then
-      d = deficit / rate
+    if deficit > EPS then
+      local w = refill_wait(deficit, s.bt, rate, now)
+      if w > d then
+        d = w
+      end
     end
   end
   if c.mi > 0 and s.last then
@@ -150,8 +184,11 @@ local function delay(L, units, tokens, now)
     local rate, cap = tok_rate(c)
     L.tl = level(s.tl, s.tt, rate, cap, now)
     local deficit = tokens - L.tl
-    if deficit > EPS and deficit / rate > d then
-      d = deficit / rate
+    if deficit > EPS then
+      local w = refill_wait(deficit, s.tt, rate, now)
+      if w > d then
+        d = w
+      end
     end
   end
   return d
@@ -159,14 +196,17 @@ end
 
 -- Take what an admission costs (call ``delay`` first) and record the lease.
 local function take(L, lease, units, tokens, now, lease_ttl)
-  local c = L.cfg
+  local c, s = L.cfg, L.st
   if c.rpm then
-    redis.call('HSET', L.st_key, 'bl', fmt(L.bl - 1), 'bt', fmt(now), 'last', fmt(now))
+    local _, cap = req_rate(c)
+    local stamp = taken_stamp(s.bt, L.bl, cap, c.mg, now)
+    redis.call('HSET', L.st_key, 'bl', fmt(L.bl - 1), 'bt', fmt(stamp), 'last', fmt(now))
   else
     redis.call('HSET', L.st_key, 'last', fmt(now))
   end
   if c.tpm and tokens > 0 then
-    redis.call('HSET', L.st_key, 'tl', fmt(L.tl - tokens), 'tt', fmt(now))
+    local stamp = taken_stamp(s.tt, L.tl, c.tpm, c.mg, now)
+    redis.call('HSET', L.st_key, 'tl', fmt(L.tl - tokens), 'tt', fmt(stamp))
   end
   redis.call('ZADD', L.leases, fmt(now + lease_ttl), lease .. '|' .. units)
 end
@@ -183,7 +223,7 @@ local function reconfigure(st_key, old, new, now)
     if lvl > ncap then
       lvl = ncap
     end
-    redis.call('HSET', st_key, 'bl', fmt(lvl), 'bt', fmt(now))
+    redis.call('HSET', st_key, 'bl', fmt(lvl), 'bt', fmt(math.max(s.bt or now, now)))
   else
     redis.call('HDEL', st_key, 'bl', 'bt')
   end
@@ -193,7 +233,7 @@ local function reconfigure(st_key, old, new, now)
     if lvl > new.tpm then
       lvl = new.tpm
     end
-    redis.call('HSET', st_key, 'tl', fmt(lvl), 'tt', fmt(now))
+    redis.call('HSET', st_key, 'tl', fmt(lvl), 'tt', fmt(math.max(s.tt or now, now)))
   else
     redis.call('HDEL', st_key, 'tl', 'tt')
   end

@@ -7,7 +7,7 @@
 local now = now_us()
 local diff = tonumber(ARGV[1])
 for i = 1, #KEYS, 3 do
-  local raw = redis.call('HMGET', KEYS[i], 'mc', 'rpm', 'burst', 'mi', 'tpm', 'v')
+  local raw = redis.call('HMGET', KEYS[i], 'mc', 'rpm', 'burst', 'mi', 'tpm', 'mg', 'v')
   local c = parse_cfg(raw)
   if c.tpm then
     local s = load_state(KEYS[i + 1])
@@ -16,7 +16,7 @@ for i = 1, #KEYS, 3 do
     if lvl > cap then
       lvl = cap
     end
-    redis.call('HSET', KEYS[i + 1], 'tl', fmt(lvl), 'tt', fmt(now))
+    redis.call('HSET', KEYS[i + 1], 'tl', fmt(lvl), 'tt', fmt(math.max(s.tt or now, now)))
     if diff < 0 then
       wake(KEYS[i + 2], ARGV[2 + (i - 1) / 3], 'c')
     end

@@ -1,15 +1,15 @@
--- stats: the shared state of one limiter, for snapshot() and shared_stats().
+-- stats: the shared state of one limiter, for snapshot(), shared_stats(), time_to_admit().
 --
 -- KEYS: cfg st leases q qx
--- ARGV: 1 spec, 2 origin
+-- ARGV: 1 spec, 2 origin, 3 units, 4 tokens (the request time_to_admit asks about)
 -- Reply: {units held, holders, tickets waiting, request tokens ("" = no bucket),
 --         LLM tokens ("" = no budget), cooldown remaining (us), next start in (us),
---         6 limit fields}
+--         admit in (us, "inf": needs a release), 7 limit fields}
 
 local now = now_us()
 local c = load_cfg(KEYS[1], ARGV[1], ARGV[2])
 local L = {cfg = c, st = load_state(KEYS[2])}
-L.held, L.holders = held_units(KEYS[3], now)
+local held, holders = held_units(KEYS[3], now)
 purge_tickets(KEYS[4], KEYS[5], now)
 local waiting = redis.call('ZCARD', KEYS[4])
 local s = L.st
@@ -26,12 +26,17 @@ local cool = 0
 if s.cu and s.cu > now then
   cool = s.cu - now
 end
-local held = L.held
 L.held = 0
 local next_start = delay(L, 0, 0, now)
-local out = {held, L.holders, waiting, tokens, llm, fmt(cool), fmt(next_start)}
+L.held = held
+local admit = delay(L, tonumber(ARGV[3]), tonumber(ARGV[4]), now)
+local out = {held, holders, waiting, tokens, llm, fmt(cool), fmt(next_start)}
+if admit == INF then
+  out[8] = 'inf'
+else
+  out[8] = fmt(admit)
+end
 for _, v in ipairs(cfg_reply(c)) do
   out[#out + 1] = v
 end
-out[1] = held
 return out
