@@ -26,7 +26,7 @@ from ._redact import get_logger
 from .config import BreakerConfig
 from .models import BreakerVote
 
-__all__ = ["Breaker", "Probe"]
+__all__ = ["Breaker", "Probe", "shared_storage"]
 
 _log = get_logger("ratelimit_sdk.breaker")
 
@@ -54,6 +54,35 @@ class _Listener(pybreaker.CircuitBreakerListener):
         new = getattr(new_state, "name", None) or "closed"
         if old != new:
             self._owner._pending.append((old, new))
+
+
+class _QuietLogger:
+    """Stands in for pybreaker's storage logger: Redis trouble at DEBUG, not a traceback.
+
+    The limiter already warns once per outage; a traceback per call helps nobody.
+    """
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        _log.debug("breaker storage: " + msg, *args, exc_info=True)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(_log, name)
+
+
+def shared_storage(redis_client: Any, namespace: str) -> Any:
+    """Build pybreaker's ``CircuitRedisStorage``: one breaker state for every process.
+
+    ``None`` (in-process state) when Redis cannot be reached right now.
+    """
+    try:
+        storage = pybreaker.CircuitRedisStorage(
+            pybreaker.STATE_CLOSED, redis_client, namespace=namespace
+        )
+    except Exception as exc:  # redis errors: the breaker works locally instead
+        _log.warning("breaker %s: Redis unreachable (%s); using in-process state", namespace, exc)
+        return None
+    storage.logger = _QuietLogger()  # type: ignore[assignment]
+    return storage
 
 
 class Probe:

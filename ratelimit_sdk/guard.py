@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ._redact import get_logger
-from .breaker import Breaker, Probe
+from .breaker import Breaker, Probe, shared_storage
 from .classify import classify, classify_failure, error_for, server_wait
 from .clock import Clock
 from .config import ClientConfig, LimitsConfig, ProviderConfig
@@ -627,5 +627,7 @@ def _breaker_storage(config: ClientConfig, name: str, limiter: Limiter) -> Any:
     """Pybreaker's Redis storage when the backend is Redis (one state for every process)."""
     if config.backend == "memory":
         return None
-    make_storage = getattr(limiter, "breaker_storage", None)
-    return make_storage(name) if callable(make_storage) else None
+    client = getattr(limiter, "redis_client", None)
+    if client is None:
+        return None
+    return shared_storage(client, f"{config.key_prefix}:breaker:{name}")

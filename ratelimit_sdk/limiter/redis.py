@@ -1071,6 +1071,11 @@ class RedisLimiter(Limiter):
         return len(self._queue) + (0 if local is None else local.queued)
 
     @property
+    def redis_client(self) -> Any:
+        """The ``redis.Redis`` client this limiter uses (shared with the provider's breaker)."""
+        return self._client
+
+    @property
     def degraded(self) -> bool:
         """True while Redis is unreachable and this process uses its own limits."""
         return self._degraded
