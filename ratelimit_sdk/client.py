@@ -568,6 +568,7 @@ class Client:
             guards = list(self._state.guards.values()) + self._retired
         for guard in guards:
             guard.close()
+        self._fleet.notify()  # calls waiting for any provider: look again, and give up
 
     def __enter__(self) -> Client:
         return self

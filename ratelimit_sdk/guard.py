@@ -168,8 +168,11 @@ class Guard:
         """Seconds until a call sent here could be admitted at once (``0.0``: now).
 
         ``None`` when only a release can tell (concurrency is full, another
-        thread's half-open probe is out). Nothing is taken; the answer may be stale.
+        thread's half-open probe is out); ``inf`` once the guard is closed. Nothing
+        is taken; the answer may be stale.
         """
+        if self._closed:
+            return math.inf
         reason, wait = self.unavailable_for()
         if reason is Outcome.COOLING_DOWN:
             return wait

@@ -12,6 +12,7 @@ import logging
 import pickle
 import random
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -98,6 +99,32 @@ def test_close_wakes_waiting_calls_and_leaks_nothing(fake: FakeProvider) -> None
     assert not threads.is_alive()  # the queued calls ended; none spun until its timeout
     assert fake.count <= 3
     assert client.guard("a").limiter.in_flight == 0
+
+
+def test_close_ends_calls_waiting_for_any_provider() -> None:
+    """Calls waiting for room on every provider of the chain end at close, not at timeout."""
+    with FakeProvider("a", latency=1.0) as a, FakeProvider("b", latency=1.0) as b:
+        client = client_for(
+            fake_config(a, limits={"max_concurrent": 1}),
+            fake_config(b, limits={"max_concurrent": 1}),
+        )
+        results: list[object] = []
+        worker = threading.Thread(
+            target=lambda: results.extend(
+                run_threads(4, lambda _: client.chat("x", timeout=30), timeout=60)
+            )
+        )
+        worker.start()
+        assert a.wait_for_in_flight(1) and b.wait_for_in_flight(1)
+        closed_at = time.monotonic()
+        client.close()
+        worker.join(40)
+        assert not worker.is_alive()
+        assert time.monotonic() - closed_at < 10  # not the 30 s timeout
+        assert sum(isinstance(r, ChatResponse) for r in results) == 2
+        assert sum(isinstance(r, AllProvidersFailed) for r in results) == 2
+        assert client.guard("a").limiter.in_flight == 0
+        assert client.guard("b").limiter.in_flight == 0
 
 
 @pytest.mark.parametrize("bad", [-1, "5", float("nan"), True])
