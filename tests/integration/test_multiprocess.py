@@ -46,13 +46,14 @@ def _stop(procs: list[Any]) -> None:
 def test_four_processes_stay_within_one_providers_limits(redis_url: str, redis_key: str) -> None:
     rate_per_minute, burst, per_process = 600.0, 2, 8  # 10 starts per second
     # The server's limits exactly. The loopback hop does not take the same time for
-    # every request, so the limiters' buckets run 100 ms behind the server's (margin):
-    # a request that left on time never arrives before its token.
+    # every request (on 2 busy cores, process scheduling alone can add 100 ms), so the
+    # limiters' buckets run 250 ms behind the server's (margin): a request that left on
+    # time never arrives before its token. The margin costs 250 ms once, not per request.
     limits = {
         "max_concurrent": 2,
         "requests_per_minute": rate_per_minute,
         "burst": burst,
-        "margin": 0.1,
+        "margin": 0.25,
     }
     with FakeProvider(
         max_concurrency=2,
@@ -87,7 +88,7 @@ def test_four_processes_stay_within_one_providers_limits(redis_url: str, redis_k
     starts = sorted(r.started for r in recorded if r.started is not None)
     assert len(starts) == 32
     rate = rate_per_minute / 60.0
-    slack = 0.1  # seconds of loopback jitter between admission and arrival
+    slack = 0.25  # seconds of loopback jitter between admission and arrival
     for i, j in itertools.combinations(range(len(starts)), 2):
         window = starts[j] - starts[i]
         assert j - i + 1 <= burst + rate * (window + slack) + 1e-9, (i, j, window)
