@@ -39,12 +39,6 @@ __all__ = ["Cancelled", "Chain"]
 
 _log = get_logger("ratelimit_sdk.chain")
 
-#: Outcomes after which a provider may be worth another try once it is available again.
-_COMES_BACK = frozenset(
-    {Outcome.CIRCUIT_OPEN, Outcome.COOLING_DOWN, Outcome.BUSY, Outcome.RATE_LIMITED}
-)
-
-
 #: Longest a call waiting for "any provider" sleeps between looks when no provider
 #: names a time (a release normally wakes it first; this bounds a missed one, such as
 #: a release from another process or a permit freed by the garbage collector).
