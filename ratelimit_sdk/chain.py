@@ -245,7 +245,7 @@ class Chain:
             result = guard.attempt(
                 request, deadline=deadline, max_wait=max_wait, retry_index=retries, cancel=cancel
             )
-            attempts.append(result.attempt)
+            _record(attempts, result.attempt)
             outcome = result.outcome
             if outcome is Outcome.OK:
                 return result
@@ -350,6 +350,24 @@ def _note_busy(busy: set[int], index: int, guard: Guard, attempts: list[Attempt]
         busy.add(index)
     else:
         busy.discard(index)
+
+
+#: Skips that cost the provider nothing; repeated back to back, only the latest is kept.
+_SKIPS = frozenset({Outcome.CIRCUIT_OPEN, Outcome.COOLING_DOWN, Outcome.BUSY})
+
+
+def _record(attempts: list[Attempt], attempt: Attempt) -> None:
+    """Append ``attempt``; a skip that repeats the previous one replaces it.
+
+    A call that keeps finding a provider paused (a long half-open probe, a long
+    cooldown) would otherwise collect one identical record per look.
+    """
+    if attempts and attempt.outcome in _SKIPS:
+        last = attempts[-1]
+        if last.provider == attempt.provider and last.outcome is attempt.outcome:
+            attempts[-1] = attempt
+            return
+    attempts.append(attempt)
 
 
 def _failure_message(attempts: list[Attempt]) -> str:
