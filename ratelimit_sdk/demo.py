@@ -10,10 +10,10 @@ that would take a minute takes about twelve seconds.
 Each fake enforces, server-side, the same limits the client is given (in
 flight, requests per minute, the latter with :data:`JITTER_ALLOWANCE` of leeway
 for network jitter) and answers 429 to anything over them, so an overrun would
-show. The fakes send OpenAI-style ``x-ratelimit-*`` headers, as real providers do. A little trouble is injected (unless ``faults=False``):
-GLM answers about one request in twenty with a 500 or 502, and Llama starts
-with an outage (its first answers are 502s) so its breaker opens and its calls
-fall back.
+show. The fakes send OpenAI-style ``x-ratelimit-*`` headers, as real providers
+do. A little trouble is injected (unless ``faults=False``): GLM answers about
+one request in twenty with a 500 or 502, and Llama starts with an outage (its
+first answers are 502s) so its breaker opens and its calls fall back.
 
 One :class:`~ratelimit_sdk.Client`, built from the presets with the base URLs
 pointed at the fakes, sends the batch from a thread pool
