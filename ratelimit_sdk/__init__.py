@@ -13,6 +13,8 @@ Reading order (one call, top to bottom): :mod:`.client` -> :mod:`.chain`
 
 from __future__ import annotations
 
+import logging
+
 from .adapter import RateLimitAdapter
 from .client import Client
 from .config import (
@@ -44,6 +46,10 @@ from .models import Attempt, ChatRequest, ChatResponse, Outcome, ProviderStats, 
 from .stream import ChatStream
 
 __version__ = "0.1.0"
+
+# A library never prints: without a handler of the user's, records go nowhere
+# (instead of logging's last-resort handler writing warnings to stderr).
+logging.getLogger("ratelimit_sdk").addHandler(logging.NullHandler())
 
 __all__ = [
     "AcquireTimeout",
