@@ -21,6 +21,7 @@ nesting deep enough to make :func:`json.loads` raise ``RecursionError``) likewis
 
 from __future__ import annotations
 
+import abc
 import functools
 import http.client
 import http.cookiejar
@@ -700,7 +701,7 @@ def _check_key(name: str, key: str | None) -> None:
         ) from None
 
 
-class HTTPProvider:
+class HTTPProvider(abc.ABC):
     """Base of the wire-format providers: one ``requests.Session`` and the HTTP plumbing.
 
     A subclass names its endpoint (:attr:`path`), how the key travels
@@ -764,20 +765,24 @@ class HTTPProvider:
 
     # -- what a wire format supplies -----------------------------------------------------
 
+    @abc.abstractmethod
     def _make_auth(self, api_key: str | None) -> KeyAuth:
-        raise NotImplementedError
+        """Supplied by each wire format."""
 
     def _default_headers(self) -> dict[str, str]:
         return {}
 
+    @abc.abstractmethod
     def _body(self, request: ChatRequest, *, stream: bool) -> dict[str, Any]:
-        raise NotImplementedError
+        """Supplied by each wire format."""
 
+    @abc.abstractmethod
     def _parse_completion(self, data: Any) -> Completion | None:
-        raise NotImplementedError
+        """Supplied by each wire format."""
 
+    @abc.abstractmethod
     def _on_event(self, event: SSEEvent, state: StreamState) -> str | None:
-        raise NotImplementedError
+        """Supplied by each wire format."""
 
     # -- the Provider protocol ---------------------------------------------------------
 
