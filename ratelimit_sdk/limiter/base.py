@@ -57,6 +57,22 @@ def check_limits(fields: dict[str, Any]) -> None:
             )
 
 
+def check_pool_units(value: object, pool_max: int | None) -> int:
+    """Return ``value`` as pool units, or raise ConfigError naming the problem.
+
+    Pool units must be a whole number >= 1 and no more than the pool's ``max_concurrent``.
+    """
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(
+            f"pool_units: must be a whole number >= 1 (got {value!r})", field="pool_units"
+        )
+    if pool_max is not None and value > pool_max:
+        raise ConfigError(
+            f"pool_units: {value} is more than the pool holds ({pool_max})", field="pool_units"
+        )
+    return value
+
+
 def backend_class(backend: str) -> type[Limiter]:
     """The limiter class for ``backend``: ``"memory"`` or a ``redis://`` URL."""
     if backend in ("memory", "memory://"):

@@ -32,7 +32,7 @@ from typing import Any
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import AcquireTimeout, ConfigError, RequestTooLargeError
 from ..models import LimiterSnapshot
-from .base import Limiter, Permit, check_limits
+from .base import Limiter, Permit, check_limits, check_pool_units
 from .bucket import TokenBucket
 
 __all__ = ["MemoryLimiter"]
@@ -219,15 +219,8 @@ class MemoryLimiter(Limiter):
 
     @pool_units.setter
     def pool_units(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"pool_units: must be a whole number >= 1 (got {value!r})")
         pool = self._pool
-        if pool is not None and pool._max is not None and value > pool._max:
-            raise ConfigError(
-                f"pool_units: {value} is more than the pool holds ({pool._max})",
-                field="pool_units",
-            )
-        self._pool_units = value
+        self._pool_units = check_pool_units(value, None if pool is None else pool._max)
 
     def _build_buckets(self, now: float) -> None:
         if self._rpm is None:

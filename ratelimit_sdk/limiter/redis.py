@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import AcquireTimeout, BackendError, ConfigError, RequestTooLargeError
 from ..models import LimiterSnapshot
-from .base import Limiter, Permit, check_limits
+from .base import Limiter, Permit, check_limits, check_pool_units
 from .memory import MemoryLimiter
 
 if TYPE_CHECKING:
@@ -374,17 +374,9 @@ class RedisLimiter(Limiter):
 
     @pool_units.setter
     def pool_units(self, value: int) -> None:
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ConfigError(f"pool_units: must be a whole number >= 1 (got {value!r})")
         pool = self._pool
-        if pool is not None:
-            pool_max = pool._limits["max_concurrent"]
-            if pool_max is not None and value > pool_max:
-                raise ConfigError(
-                    f"pool_units: {value} is more than the pool holds ({pool_max})",
-                    field="pool_units",
-                )
-        self._pool_units = value
+        pool_max = None if pool is None else pool._limits["max_concurrent"]
+        self._pool_units = check_pool_units(value, pool_max)
 
     def _spec(self) -> str:
         """``version|limits`` as known here: written back if Redis has lost the limits."""
