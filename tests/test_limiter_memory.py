@@ -759,3 +759,31 @@ def test_margin_delays_the_bucket_once_not_per_request(clock: FakeClock) -> None
 def test_margin_must_be_non_negative() -> None:
     with pytest.raises(ConfigError, match="margin"):
         Limiter(margin=-1)
+
+
+@pytest.mark.integration
+def test_try_acquire_never_refuses_because_of_other_threads() -> None:
+    # pyrate-limiter's non-blocking acquire refuses most calls under contention at an
+    # unreachable rate because another thread holds its lock; ours refuses only when a
+    # limit says no.
+    lim = Limiter(requests_per_minute=1e12, burst=10**9, max_concurrent=10**6)
+    refused = 0
+    guard = threading.Lock()
+
+    def worker() -> None:
+        nonlocal refused
+        for _ in range(300):
+            permit = lim.try_acquire()
+            if permit is None:
+                with guard:
+                    refused += 1
+            else:
+                permit.release()
+
+    threads = [threading.Thread(target=worker) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert refused == 0
+    assert lim.in_flight == 0
