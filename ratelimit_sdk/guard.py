@@ -531,8 +531,13 @@ class Guard:
         )
 
     def apply(self, config: ProviderConfig) -> None:
-        """Take new limits, retry and breaker settings while running (same name, same URL)."""
+        """Take new limits, retry and breaker settings while running (same name, same URL).
+
+        A changed ``pool_units`` applies to the requests admitted from now on.
+        """
         self.limiter.update(**config.limits.limiter_kwargs())
+        if config.pool is not None and config.pool_units != self.config.pool_units:
+            self.limiter.pool_units = config.pool_units  # type: ignore[attr-defined]
         self.breaker.reconfigure(config.breaker)
         self.backoff = Backoff(config.retry)
         self.config = config

@@ -526,3 +526,31 @@ def test_the_api_key_never_reaches_a_log_line_repr_str_or_exception(
     for text in texts:
         assert CANARY not in text
         assert CANARY[6:] not in text  # not even the tail of it
+
+
+def test_reload_applies_a_changed_pool_units_to_a_kept_provider() -> None:
+    base = {
+        "pools": {"plan": {"max_concurrent": 4}},
+        "providers": [
+            {
+                "name": "big",
+                "base_url": "http://127.0.0.1:9/v1",
+                "model": "m",
+                "pool": "plan",
+                "pool_units": 4,
+            }
+        ],
+    }
+    client = Client(base)
+    try:
+        limiter = client.guard("big").limiter
+        changed = {**base, "providers": [{**base["providers"][0], "pool_units": 2}]}
+        client.reload(changed)
+        assert client.guard("big").limiter is limiter  # kept, state and all
+        assert limiter.pool_units == 2  # type: ignore[attr-defined]
+        first, second = limiter.acquire(timeout=1), limiter.acquire(timeout=1)
+        assert limiter.pool.in_flight == 4  # type: ignore[attr-defined]
+        first.release()
+        second.release()
+    finally:
+        client.close()
