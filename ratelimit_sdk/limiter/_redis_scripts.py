@@ -1,0 +1,186 @@
+"""Stage 3b (admission control), shared backend: the Lua scripts and what is sent to them.
+
+Part of :mod:`.redis` (read that first). This module holds no state and no thread:
+
+* the defaults and tunables of the Redis limiter (``DEFAULT_*``, the wait slice);
+* loading the scripts in ``limiter/lua/`` (each with ``common.lua`` in front);
+* importing ``redis`` lazily and building a client from a URL;
+* packing limits into the scripts' text form and reading them back from a reply;
+* ``_Down``, the "Redis did not answer" signal that the failure policy acts on;
+* the checks of the ``RedisLimiter`` options (key, prefix, seconds, failure policy).
+
+Every ``_redis_*`` module logs to the ``ratelimit_sdk.limiter.redis`` logger, as
+the single module did before it was split.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import importlib.resources
+import logging
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from ..errors import ConfigError
+
+#: The one logger of the Redis backend (all its modules share it).
+_log = logging.getLogger("ratelimit_sdk.limiter.redis")
+
+#: Namespace of every key: ``{prefix}:{<key>}:cfg`` and so on.
+DEFAULT_PREFIX = "ratelimit_sdk"
+#: Seconds after which the permits of a crashed (non-renewing) holder come back.
+DEFAULT_LEASE_TIMEOUT = 30.0
+#: Connect and read time-out, in seconds, of a client built from the URL: a hung
+#: Redis costs a caller at most about this long before the failure policy applies.
+DEFAULT_SOCKET_TIMEOUT = 1.0
+#: Seconds between two attempts to reach Redis again while falling back to local limits.
+DEFAULT_BACKEND_RETRY = 5.0
+#: Longest single sleep, in seconds, of a waiter between two looks at Redis (the cap on
+#: what a lost wake-up can cost); also bounded by ``lease_timeout / 3``.
+_MAX_SLICE = 2.0
+#: Seconds a wake-up listener thread stays subscribed with nobody waiting here.
+_LISTENER_IDLE = 10.0
+#: The scripts in ``lua/``; each is sent with ``common.lua`` in front of it.
+_SCRIPTS = (
+    "acquire",
+    "release",
+    "renew",
+    "cancel",
+    "settle",
+    "cooldown",
+    "update",
+    "init",
+    "stats",
+)
+_FIELDS = (
+    "max_concurrent",
+    "requests_per_minute",
+    "burst",
+    "min_interval",
+    "tokens_per_minute",
+    "margin",
+)
+_SHORT = {
+    "max_concurrent": "mc",
+    "requests_per_minute": "rpm",
+    "burst": "burst",
+    "min_interval": "mi",
+    "tokens_per_minute": "tpm",
+    "margin": "mg",
+}
+#: Limit fields in a script reply: the six limits and the version.
+_NCFG = 7
+
+
+@functools.cache
+def _script_source(name: str) -> str:
+    lua = importlib.resources.files(__name__.rpartition(".")[0]).joinpath("lua")
+    common = lua.joinpath("common.lua").read_text(encoding="utf-8")
+    return common + "\n" + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+
+
+def _import_redis() -> Any:
+    try:
+        return importlib.import_module("redis")
+    except ImportError as exc:
+        raise ConfigError(
+            "backend: the Redis backend needs the redis package: "
+            'pip install "ratelimit_sdk[redis]"',
+            field="backend",
+        ) from exc
+
+
+def _num(value: float | None) -> str:
+    """A limit as the scripts store it ("" for no limit)."""
+    if value is None:
+        return ""
+    if float(value).is_integer():
+        return str(int(value))
+    return repr(float(value))
+
+
+def _spec(limits: dict[str, Any]) -> str:
+    return "|".join(_num(limits[name]) for name in _FIELDS)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse_limits(raw: Sequence[Any]) -> tuple[dict[str, Any], str]:
+    """The limit fields of a script reply (``_NCFG`` of them) -> (limits, version)."""
+    mc, rpm, burst, mi, tpm, mg, version = (_text(x) for x in raw)
+    limits = {
+        "max_concurrent": int(float(mc)) if mc else None,
+        "requests_per_minute": float(rpm) if rpm else None,
+        "burst": int(float(burst)) if burst else None,
+        "min_interval": float(mi) if mi else 0.0,
+        "tokens_per_minute": float(tpm) if tpm else None,
+        "margin": float(mg) if mg else 0.0,
+    }
+    return limits, version
+
+
+def _check_seconds(name: str, value: Any, *, positive: bool) -> None:
+    ok = (
+        not isinstance(value, bool)
+        and isinstance(value, (int, float))
+        and math.isfinite(value)
+        and (value > 0 if positive else value >= 0)
+    )
+    if not ok:
+        bound = "> 0" if positive else ">= 0"
+        raise ConfigError(f"{name}: must be a number {bound} (got {value!r})", field=name)
+
+
+def _check_options(
+    key: object,
+    prefix: object,
+    lease_timeout: object,
+    socket_timeout: object,
+    backend_retry: object,
+    on_backend_error: object,
+) -> str:
+    """Raise ConfigError naming the first bad ``RedisLimiter`` option; return ``key``."""
+    if not isinstance(key, str) or not key:
+        raise ConfigError(
+            "key: the Redis backend needs key= (the name every process sharing "
+            f"the budget uses, e.g. the provider name); got {key!r}",
+            field="key",
+        )
+    if not isinstance(prefix, str) or not prefix:
+        raise ConfigError(f"prefix: must be a non-empty string (got {prefix!r})", field="prefix")
+    _check_seconds("lease_timeout", lease_timeout, positive=True)
+    _check_seconds("socket_timeout", socket_timeout, positive=True)
+    _check_seconds("backend_retry", backend_retry, positive=False)
+    if on_backend_error not in ("local", "raise"):
+        raise ConfigError(
+            f'on_backend_error: must be "local" or "raise" (got {on_backend_error!r})',
+            field="on_backend_error",
+        )
+    return key
+
+
+def _client_from_url(redis_mod: Any, url: str, timeout: float) -> Any:
+    retry = importlib.import_module("redis.retry").Retry
+    no_backoff = importlib.import_module("redis.backoff").NoBackoff
+    try:
+        return redis_mod.Redis.from_url(
+            url,
+            socket_timeout=timeout,
+            socket_connect_timeout=timeout,
+            retry=retry(no_backoff(), 1),  # one quick retry: a stale pooled connection
+        )
+    except ValueError as exc:
+        # redis-py's message names the scheme, never the password.
+        raise ConfigError(f"backend: not a usable Redis URL ({exc})", field="backend") from exc
+
+
+class _Down(Exception):
+    """Redis did not answer (connection, time-out, read-only replica): the policy decides."""
+
+    def __init__(self, cause: BaseException) -> None:
+        super().__init__(str(cause))
+        self.cause = cause
