@@ -11,14 +11,27 @@ garbage-collected.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from types import TracebackType
+from typing import Protocol
 
 from .limiter import Permit
 from .models import Attempt, Usage
-from .providers import StreamReply
 
 __all__ = ["ChatStream", "finished_stream"]
+
+
+class _Source(Protocol):
+    """What a ChatStream reads from: a provider's ``StreamReply``, or a whole answer."""
+
+    @property
+    def content(self) -> str: ...
+    @property
+    def usage(self) -> Usage | None: ...
+    @property
+    def finish_reason(self) -> str | None: ...
+    def __iter__(self) -> Iterator[str]: ...
+    def close(self) -> None: ...
 
 
 class ChatStream:
@@ -35,13 +48,12 @@ class ChatStream:
 
     def __init__(
         self,
-        reply: StreamReply,
+        reply: _Source,
         *,
         provider: str,
         model: str,
         first: str | None,
-        permit: Permit,
-        on_close: Callable[[ChatStream], None] | None = None,
+        permit: Permit | None,
     ) -> None:
         self.provider = provider
         self.model = model
@@ -49,7 +61,6 @@ class ChatStream:
         self._reply = reply
         self._permit = permit
         self._first = first
-        self._on_close = on_close
         self._lock = threading.Lock()
         self._closed = False
         self._iterator = self._generate()
@@ -97,12 +108,12 @@ class ChatStream:
         try:
             self._reply.close()
         finally:
-            usage = self._reply.usage
-            if usage is not None and usage.total_tokens:
-                self._permit.settle(tokens=usage.total_tokens)
-            self._permit.release()
-            if self._on_close is not None:
-                self._on_close(self)
+            permit = self._permit
+            if permit is not None:
+                usage = self._reply.usage
+                if usage is not None and usage.total_tokens:
+                    permit.settle(tokens=usage.total_tokens)
+                permit.release()
 
     def __enter__(self) -> ChatStream:
         return self
@@ -123,7 +134,8 @@ class ChatStream:
             try:
                 self._reply.close()
             finally:
-                self._permit._owner._release_from_gc(self._permit)
+                if self._permit is not None:
+                    self._permit._owner._release_from_gc(self._permit)
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
@@ -131,7 +143,7 @@ class ChatStream:
 
 
 class _Finished:
-    """A stand-in StreamReply for an answer that arrived whole (no permit held)."""
+    """An answer that arrived whole (the provider did not stream it): no connection held."""
 
     def __init__(self, content: str) -> None:
         self.content = content
@@ -145,33 +157,8 @@ class _Finished:
         """Nothing to close."""
 
 
-class _NoPermit(Permit):
-    """A permit that holds nothing (for answers that were not streamed)."""
-
-    def __init__(self) -> None:
-        self._released = True
-        self._settled = True
-        self.units = 0
-        self.tokens = 0
-
-    def release(self) -> None:
-        """Nothing to release."""
-
-    def settle(self, *, tokens: int) -> None:
-        """Nothing to settle."""
-
-    def __del__(self) -> None:
-        return None
-
-
 def finished_stream(content: str, provider: str, attempts: list[Attempt]) -> ChatStream:
     """A ChatStream over an answer that came back whole: one chunk, no permit held."""
-    stream = ChatStream(
-        _Finished(content),  # type: ignore[arg-type]
-        provider=provider,
-        model="",
-        first=content,
-        permit=_NoPermit(),
-    )
+    stream = ChatStream(_Finished(content), provider=provider, model="", first=content, permit=None)
     stream.attempts = tuple(attempts)
     return stream

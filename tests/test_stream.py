@@ -108,3 +108,21 @@ def test_a_stream_that_cannot_start_anywhere_raises(
     with pytest.raises(AllProvidersFailed):
         client.chat("nobody", stream=True, timeout=2)
     assert in_flight(client, "a") == 0 and in_flight(client, "b") == 0
+
+
+def test_an_answer_sent_whole_to_a_stream_request_is_served_as_one_chunk(
+    client: Client, fakes: tuple[FakeProvider, FakeProvider]
+) -> None:
+    a, _ = fakes
+    body = {
+        "id": "x",
+        "object": "chat.completion",
+        "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "whole"}}],
+    }
+    a.script([Respond.status(200, body=body)])
+    stream = client.chat("x", stream=True, preferred_model="a")
+    assert list(stream) == ["whole"]
+    assert stream.content == "whole"
+    assert stream.closed
+    assert in_flight(client, "a") == 0
