@@ -24,6 +24,7 @@ The rules (DESIGN.md section 3, "The chain"):
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Sequence
@@ -216,6 +217,8 @@ class Chain:
         guard = self.guards[index]
         later = self.guards[index + 1 :]
         retries = 0
+        fleet_until: float | None = None  # end of this admission's wait for "any provider"
+        fleet_since = 0.0
         while True:
             if cancel is not None and cancel.is_set():
                 raise Cancelled
@@ -230,11 +233,17 @@ class Chain:
                 and not any(g.can_take_now(request) for g in later)
             ):
                 # Everyone from here on is full: wait for the first to have room, rather
-                # than in this provider's queue while a later one frees up first.
-                until = deadline if max_wait is None else min(deadline, now + max_wait)
-                if self.fleet.wait_any(self.guards[index:], request, until, cancel):
+                # than in this provider's queue while a later one frees up first. The
+                # whole wait for this admission stays within max_queue_wait.
+                if fleet_until is None:
+                    fleet_until = deadline if max_wait is None else min(deadline, now + max_wait)
+                    fleet_since = now
+                if now < fleet_until and self.fleet.wait_any(
+                    self.guards[index:], request, fleet_until, cancel
+                ):
                     continue
-            if last_round:
+                max_wait = 0.0  # waited its share: one look here, then move on
+            elif last_round:
                 max_wait = wait_cap  # nothing left to move on to but who comes back
             elif any(g.can_take_now(request) for g in later):
                 max_wait = 0.0  # never queue here while a later provider is free
@@ -242,9 +251,21 @@ class Chain:
                 back = _soonest_back(later)
                 if back is not None and (max_wait is None or back < max_wait):
                     max_wait = back
+            if fleet_until is not None and max_wait is not None and max_wait > 0:
+                max_wait = min(max_wait, max(0.0, fleet_until - self.clock.monotonic()))
+            attempt_started = self.clock.monotonic()
             result = guard.attempt(
                 request, deadline=deadline, max_wait=max_wait, retry_index=retries, cancel=cancel
             )
+            if fleet_until is not None:  # the wait for "any provider" was this admission's wait
+                waited = attempt_started - fleet_since
+                result = dataclasses.replace(
+                    result,
+                    attempt=dataclasses.replace(
+                        result.attempt, elapsed=result.attempt.elapsed + waited
+                    ),
+                )
+            fleet_until = None  # the next admission (a retry) has a max_queue_wait of its own
             _record(attempts, result.attempt)
             outcome = result.outcome
             if outcome is Outcome.OK:
