@@ -29,6 +29,7 @@ __all__ = [
     "make_excerpt",
     "parse_json",
     "read_capped",
+    "str_or_none",
     "usage_int",
 ]
 
@@ -181,3 +182,8 @@ def read_capped(response: requests.Response, limit: int) -> tuple[bytes, bool]:
         if len(buffer) > limit:
             return bytes(buffer[:limit]), True
     return bytes(buffer), False
+
+
+def str_or_none(value: Any) -> str | None:
+    """``value`` if it is a string, else ``None`` (for optional text fields of a body)."""
+    return value if isinstance(value, str) else None

@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..models import ChatRequest, Completion, ErrorBody, Usage
+from ._body import str_or_none
 from ._http import (
     NOT_JSON,
     HTTPProvider,
@@ -67,10 +68,6 @@ def _usage(value: Any) -> Usage | None:
     prompt = _prompt_tokens(value)
     output = usage_int(value.get("output_tokens"))
     return Usage(prompt_tokens=prompt, completion_tokens=output, total_tokens=prompt + output)
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 class AnthropicProvider(HTTPProvider):
@@ -127,9 +124,9 @@ class AnthropicProvider(HTTPProvider):
                 texts.append(text)
         return Completion(
             content="".join(texts),
-            model=_str_or_none(data.get("model")),
+            model=str_or_none(data.get("model")),
             usage=_usage(data.get("usage")),
-            finish_reason=_str_or_none(data.get("stop_reason")),
+            finish_reason=str_or_none(data.get("stop_reason")),
         )
 
     def _on_event(self, event: SSEEvent, state: StreamState) -> str | None:
@@ -148,7 +145,7 @@ class AnthropicProvider(HTTPProvider):
         if kind == "message_start":
             message = payload.get("message")
             if isinstance(message, Mapping):
-                state.model = _str_or_none(message.get("model")) or state.model
+                state.model = str_or_none(message.get("model")) or state.model
                 state.usage = _usage(message.get("usage")) or state.usage
         elif kind == "message_delta":
             self._message_delta(payload, state)

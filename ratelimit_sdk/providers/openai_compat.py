@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from ..models import ChatRequest, Completion, ErrorBody, Usage
+from ._body import str_or_none
 from ._http import (
     NOT_JSON,
     HTTPProvider,
@@ -58,10 +59,6 @@ def _usage(value: Any) -> Usage | None:
     completion = usage_int(value.get("completion_tokens"))
     total = usage_int(value.get("total_tokens")) or prompt + completion
     return Usage(prompt_tokens=prompt, completion_tokens=completion, total_tokens=total)
-
-
-def _str_or_none(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
 
 
 class OpenAICompatProvider(HTTPProvider):
@@ -113,9 +110,9 @@ class OpenAICompatProvider(HTTPProvider):
             content = ""
         return Completion(
             content=content,
-            model=_str_or_none(data.get("model")),
+            model=str_or_none(data.get("model")),
             usage=_usage(data.get("usage")),
-            finish_reason=_str_or_none(first.get("finish_reason")),
+            finish_reason=str_or_none(first.get("finish_reason")),
         )
 
     def _on_event(self, event: SSEEvent, state: StreamState) -> str | None:
