@@ -301,7 +301,7 @@ class Client:
         items = list(items)
         results: list[Any] = [None] * len(items)
         for index, outcome in self._iterate(
-            items, max_workers, progress, return_exceptions, options, ordered=False
+            items, max_workers, progress, return_exceptions, options
         ):
             results[index] = outcome
         return results
@@ -323,14 +323,12 @@ class Client:
         """
         items = list(items)
         if not ordered:
-            yield from self._iterate(
-                items, max_workers, progress, return_exceptions, options, ordered=False
-            )
+            yield from self._iterate(items, max_workers, progress, return_exceptions, options)
             return
         pending: dict[int, Any] = {}
         next_index = 0
         for index, outcome in self._iterate(
-            items, max_workers, progress, return_exceptions, options, ordered=False
+            items, max_workers, progress, return_exceptions, options
         ):
             pending[index] = outcome
             while next_index in pending:
@@ -344,8 +342,6 @@ class Client:
         progress: bool,
         return_exceptions: bool,
         options: Mapping[str, Any],
-        *,
-        ordered: bool,
     ) -> Generator[tuple[int, Any], None, None]:
         if not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
