@@ -15,6 +15,7 @@ from typing import Any
 
 __all__ = [
     "Attempt",
+    "Availability",
     "BreakerVote",
     "ChatRequest",
     "ChatResponse",
@@ -172,6 +173,33 @@ class ChatResponse:
     attempts: tuple[Attempt, ...] = ()
     usage: Usage | None = None
     finish_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Availability:
+    """Whether a limiter (or a whole guard) could admit one request now, and if not, from when.
+
+    ``wait``: ``0.0`` admits now; a positive number is the seconds until it may
+    (tokens, spacing, a cooldown, an open breaker); ``None`` means only a release
+    can tell (concurrency is full, or others queue ahead); ``math.inf`` means never
+    (closed). ``cooldown``: seconds of cooldown left (``0.0``: none), part of
+    ``wait``. ``reason``: for a guard, the :class:`Outcome` a skip would record
+    (``cooling_down``, ``circuit_open``, ``busy``); ``None`` when it admits now.
+    A look, not a reservation: it may be stale by the time the caller acts.
+    """
+
+    wait: float | None
+    cooldown: float = 0.0
+    reason: Outcome | None = None
+
+    @property
+    def now(self) -> bool:
+        """True when a request would be admitted at once."""
+        return self.wait == 0.0
+
+
+#: A limiter that would admit now (shared instance; availabilities are immutable).
+AVAILABLE_NOW = Availability(0.0)
 
 
 @dataclass(frozen=True, slots=True)

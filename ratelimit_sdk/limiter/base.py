@@ -16,7 +16,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..errors import ConfigError
-from ..models import LimiterSnapshot
+from ..models import AVAILABLE_NOW, Availability, LimiterSnapshot
 
 __all__ = ["Limiter", "Permit", "backend_class", "check_limits", "from_backend"]
 
@@ -232,6 +232,28 @@ class Limiter:
         ):
             return None
         return max(snap.cooldown_remaining, snap.next_start_in)
+
+    def availability(self, *, units: int = 1, tokens: int = 0) -> Availability:
+        """Whether an acquire now would be admitted at once, and if not, from when.
+
+        One look (one round trip with a shared backend); nothing is taken. The
+        default reads :meth:`snapshot`; backends may answer more exactly.
+        """
+        wait = self.time_to_admit(units=units, tokens=tokens)
+        if wait == 0.0:
+            return AVAILABLE_NOW
+        return Availability(wait, cooldown=self.cooldown_remaining())
+
+    def try_admit(self, *, units: int = 1, tokens: int = 0) -> Permit | Availability:
+        """Admit now if every limit allows it (nobody waits ahead); else say from when.
+
+        The permit, or the :class:`~ratelimit_sdk.models.Availability` that explains
+        the refusal. One round trip with a shared backend; never waits.
+        """
+        permit = self.try_acquire(units=units, tokens=tokens)
+        if permit is not None:
+            return permit
+        return self.availability(units=units, tokens=tokens)
 
     def add_listener(self, fn: Any) -> None:
         """Call ``fn()`` after releases, where the backend can tell (default: never)."""
