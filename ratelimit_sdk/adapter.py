@@ -39,6 +39,7 @@ from .clock import SYSTEM_CLOCK, Clock
 from .errors import ConfigError
 from .limiter import Limiter, Permit
 from .models import Reply
+from .retry import Decision, Step, run_attempts
 
 __all__ = ["DEFAULT_COOLDOWN", "RateLimitAdapter"]
 
@@ -248,40 +249,67 @@ class RateLimitAdapter(requests.adapters.HTTPAdapter):
         :class:`~ratelimit_sdk.errors.AcquireTimeout` when admission takes longer,
         and whatever :meth:`requests.adapters.HTTPAdapter.send` raises.
         """
-        resends = self.retry_on_429
-        while True:
-            permit = self.limiter.acquire(self.timeout)
-            handed_over = False
-            try:
-                response = super().send(
-                    request,
-                    stream=stream,
-                    timeout=timeout,
-                    verify=verify,
-                    cert=cert,
-                    proxies=proxies,
-                )
-                if not stream:
-                    response.content  # noqa: B018 - read the body while the permit is held
-                wait = self._apply_cooldown(request, response)
-                if wait is None or not self._will_resend(request, wait, resends):
-                    if stream:
-                        _hold_until_closed(response, permit)
-                        handed_over = True
-                    return response
-                response.close()  # the throttled answer is replaced by the re-send
-            finally:
-                if not handed_over:
-                    permit.release()
-            resends -= 1
+
+        def attempt(resent: int) -> tuple[requests.Response, float | None]:
+            left = self.retry_on_429 - resent
+            return self._send_once(request, left, stream, timeout, verify, cert, proxies)
+
+        def decision(sent: tuple[requests.Response, float | None], resent: int) -> Decision:
+            response, resend_after = sent
+            if resend_after is None:
+                return Decision(Step.DONE)
+            response.close()  # the throttled answer is replaced by the re-send
+            return Decision(Step.RETRY, delay=resend_after)
+
+        def on_retry(
+            sent: tuple[requests.Response, float | None], decided: Decision, n: int
+        ) -> None:
             _log.debug(
                 "%s: HTTP %d, re-sending after %.3fs (%d re-send(s) left)",
                 _host(request),
-                response.status_code,
-                wait,
-                resends,
+                sent[0].status_code,
+                decided.delay,
+                self.retry_on_429 - n,
             )
-            self.clock.sleep(wait)
+
+        (response, _), _ = run_attempts(
+            attempt, decision, sleep=self.clock.sleep, on_retry=on_retry
+        )
+        return response
+
+    def _send_once(
+        self,
+        request: requests.PreparedRequest,
+        resends_left: int,
+        stream: bool,
+        timeout: float | tuple[float, float] | tuple[float, None] | None,
+        verify: bool | str,
+        cert: bytes | str | tuple[bytes | str, bytes | str] | None,
+        proxies: Mapping[str, str] | None,
+    ) -> tuple[requests.Response, float | None]:
+        """One exchange under one permit: the response, and when to re-send it (``None``: keep it).
+
+        The permit is released once, in the ``finally``, unless a streamed response
+        that is kept takes it along (it gives it back when closed or read to the end).
+        """
+        permit = self.limiter.acquire(self.timeout)
+        handed_over = False
+        try:
+            response = super().send(
+                request, stream=stream, timeout=timeout, verify=verify, cert=cert, proxies=proxies
+            )
+            if not stream:
+                response.content  # noqa: B018 - read the body while the permit is held
+            wait = self._apply_cooldown(request, response)
+            if wait is not None and self._will_resend(request, wait, resends_left):
+                return response, wait
+            if stream:
+                _hold_until_closed(response, permit)
+                handed_over = True
+            return response, None
+        finally:
+            if not handed_over:
+                permit.release()
 
     def _apply_cooldown(
         self, request: requests.PreparedRequest, response: requests.Response

@@ -1,16 +1,23 @@
-"""Stage 2: the chain walks the providers in order and decides: retry here, move on, or wait.
+"""Stage 2: the chain walks the providers in order: try here, retry here, move on, or wait.
 
-It talks only to :class:`~ratelimit_sdk.guard.Guard` objects (never to a limiter or a
-socket), records an :class:`~ratelimit_sdk.models.Attempt` per try or skip, and
-returns the first success, or raises ``BadRequestError`` / ``AllProvidersFailed``.
+It talks only to :class:`~ratelimit_sdk.guard.Guard` objects (never to a limiter,
+a retry config or a socket), records an :class:`~ratelimit_sdk.models.Attempt` per
+try or skip, and returns the first success, or raises ``BadRequestError`` /
+``AllProvidersFailed``. What to do after each attempt is
+:func:`~ratelimit_sdk.retry.decide` (a pure table); the loop that retries is
+:func:`~ratelimit_sdk.retry.run_attempts`; the state of one call's walk is one
+:class:`_Walk`.
 
-The rules (DESIGN.md section 3, "The chain"):
+The rules:
 
 * One deadline covers the whole call: admission waits, retries, backoff sleeps
   and fallbacks.
 * A provider whose breaker is open or that is cooling down is skipped at once.
-* Admission waits at most ``max_queue_wait``, and not at all while a later
-  provider could take the call now (outcome ``busy``: move on).
+* Admission is first one look (admitted at once, or told from when). A provider
+  that is full is waited for only when no later provider could take the call
+  now; then the call waits for the *first* provider of the rest of its chain to
+  have room, within ``max_queue_wait`` (else ``busy``: move on). The last
+  provider of a chain is waited for in its own first-come-first-served queue.
 * ``error``/``timeout``: retry here after the backoff while retries remain and the
   wait fits ``max_delay`` and the deadline; else move on.
 * ``rate_limited``: move on at once if a later provider can take the call now;
@@ -27,16 +34,19 @@ from __future__ import annotations
 import dataclasses
 import math
 import threading
+import weakref
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 
 from ._redact import get_logger
 from .clock import Clock
 from .errors import AllProvidersFailed, BadRequestError
-from .guard import PROBE_POLL, AttemptResult, Cancelled, Guard
+from .guard import AttemptResult, Cancelled, Guard
 from .hooks import Event, Hooks
 from .models import Attempt, ChatRequest, ChatResponse, Outcome
+from .retry import SKIPS, Decision, Step, decide, run_attempts
 
-__all__ = ["Cancelled", "Chain"]
+__all__ = ["Cancelled", "Chain", "Fleet"]
 
 _log = get_logger("ratelimit_sdk.chain")
 
@@ -47,31 +57,36 @@ FLEET_WAKE_CAP = 0.5
 
 
 class Fleet:
-    """Where calls wait when every provider of their chain is full.
+    """Where calls wait when every provider of the rest of their chain is full.
 
     Each guard's limiter tells the fleet when it frees room; a waiting call then
     walks its chain again in priority order. Time-based openings (tokens,
-    spacing, cooldowns, breakers) wake it at the right moment. Thread-safe; one
-    per client, shared by its chains.
+    spacing, cooldowns, breakers) wake it at the right moment. The guards are
+    asked outside the fleet's lock (with Redis each look is a round trip), so a
+    releasing thread's notify never waits behind them. Thread-safe; one per
+    client, shared by its chains.
     """
 
     def __init__(self, clock: Clock) -> None:
         self.clock = clock
         self._cond = threading.Condition()
         self._waiters = 0
-        self._watched: set[int] = set()
+        self._generation = 0  # bumped by every notify: a look older than it is stale
+        self._watched: weakref.WeakSet[Guard] = weakref.WeakSet()  # a gone guard leaves it
 
     def watch(self, guards: Sequence[Guard]) -> None:
         """Listen to the releases of ``guards`` (each guard once)."""
-        for guard in guards:
-            if id(guard) not in self._watched:
-                self._watched.add(id(guard))
-                guard.on_release(self.notify)
+        with self._cond:
+            fresh = [g for g in guards if g not in self._watched]
+            self._watched.update(fresh)
+        for guard in fresh:
+            guard.on_release(self.notify)
 
     def notify(self) -> None:
         """Something freed room: wake the waiting calls (cheap when nobody waits)."""
         if self._waiters:
             with self._cond:
+                self._generation += 1
                 self._cond.notify_all()
 
     def wait_any(
@@ -84,31 +99,61 @@ class Fleet:
         """Block until one of ``guards`` could take ``request`` now; False at ``until``."""
         with self._cond:
             self._waiters += 1
-            try:
-                while True:
-                    if cancel is not None and cancel.is_set():
-                        raise Cancelled
-                    now = self.clock.monotonic()
-                    if now >= until:
-                        return False
-                    known: list[float] = []
-                    unknown = False  # someone needs a release: it may come at any time
-                    for guard in guards:
-                        wait = guard.time_to_take(request)
-                        if wait is None:
-                            unknown = True
-                        elif wait <= 0.0:
-                            return True
-                        else:
-                            known.append(wait)
-                    soonest = min(known, default=math.inf)
-                    if not unknown and soonest >= until - now:
-                        return False  # nobody can be back in time: do not wait for nothing
-                    if unknown:
-                        soonest = min(soonest, FLEET_WAKE_CAP)
-                    self.clock.wait(self._cond, min(soonest, until - now))
-            finally:
+        try:
+            while True:
+                if cancel is not None and cancel.is_set():
+                    raise Cancelled
+                generation = self._generation
+                now = self.clock.monotonic()
+                if now >= until:
+                    return False
+                waits = [g.availability(request).wait for g in guards]  # outside the lock
+                if any(w == 0.0 for w in waits):
+                    return True
+                known = [w for w in waits if w is not None]
+                soonest = min(known, default=math.inf)
+                if len(known) == len(waits) and soonest >= until - now:
+                    return False  # nobody can be back in time: do not wait for nothing
+                if len(known) < len(waits):  # someone needs a release: it may come any time
+                    soonest = min(soonest, FLEET_WAKE_CAP)
+                with self._cond:
+                    if generation == self._generation:  # nothing freed since the look
+                        self.clock.wait(self._cond, min(soonest, until - now))
+        finally:
+            with self._cond:
                 self._waiters -= 1
+
+
+@dataclass(eq=False)
+class _Walk:
+    """The state of one call's walk along its chain (one per call, one thread)."""
+
+    request: ChatRequest
+    deadline: float
+    cancel: threading.Event | None
+    attempts: list[Attempt] = field(default_factory=list)
+    comeback: dict[int, float] = field(default_factory=dict)  # index -> when it may take it
+    throttled: dict[int, int] = field(default_factory=dict)  # index -> 429s in this call
+    busy: set[int] = field(default_factory=set)  # indexes last found busy
+
+    def record(self, attempt: Attempt) -> None:
+        """Append ``attempt``; a skip that repeats the previous one replaces it.
+
+        A call that keeps finding a provider paused (a long half-open probe, a long
+        cooldown) would otherwise collect one identical record per look.
+        """
+        attempts = self.attempts
+        if attempts and attempt.outcome in SKIPS:
+            last = attempts[-1]
+            if last.provider == attempt.provider and last.outcome is attempt.outcome:
+                attempts[-1] = attempt
+                return
+        attempts.append(attempt)
+
+    def last_of(self, provider: str) -> Attempt | None:
+        """The latest attempt, if it was ``provider``'s."""
+        last = self.attempts[-1] if self.attempts else None
+        return last if last is not None and last.provider == provider else None
 
 
 class Chain:
@@ -147,27 +192,32 @@ class Chain:
         Returns the response (or, for a stream, the successful ``AttemptResult``)
         with every attempt. Raises ``BadRequestError`` or ``AllProvidersFailed``.
         """
-        attempts: list[Attempt] = []
-        comeback: dict[int, float] = {}  # guard index -> monotonic time it may take calls
-        throttled: dict[int, int] = {}  # guard index -> rate-limit answers in this call
-        busy: set[int] = set()  # guard indexes last found busy (no known time to come back)
+        walk = _Walk(request, deadline, cancel)
         for index, guard in enumerate(self.guards):
-            result = self._on_provider(
-                request, index, deadline, attempts, comeback, throttled, cancel
-            )
+            result = self._on_provider(walk, index)
             if result is not None:
-                return self._finish(result, attempts)
-            _note_busy(busy, index, guard, attempts)
+                return self._finish(result, walk)
+            self._note_busy(walk, index)
             if index + 1 < len(self.guards):
-                self._fallback(guard, self.guards[index + 1], attempts)
-        # Everything was tried or skipped: wait for the first one to come back, if in time.
-        # At equal times a provider with a known comeback goes before a busy one.
-        while comeback:
-            index, at = min(comeback.items(), key=lambda item: (item[1], item[0] in busy, item[0]))
+                self._fallback(walk, guard, self.guards[index + 1])
+        result = self._last_round(walk)
+        if result is not None:
+            return self._finish(result, walk)
+        raise AllProvidersFailed(_failure_message(walk.attempts), attempts=walk.attempts)
+
+    def _last_round(self, walk: _Walk) -> AttemptResult | None:
+        """Everything was tried or skipped: try again whoever comes back first, if in time.
+
+        At equal times a provider with a known comeback goes before a busy one.
+        """
+        while walk.comeback:
+            index, at = min(
+                walk.comeback.items(), key=lambda item: (item[1], item[0] in walk.busy, item[0])
+            )
             now = self.clock.monotonic()
-            if at >= deadline or now >= deadline:
-                break
-            del comeback[index]
+            if at >= walk.deadline or now >= walk.deadline:
+                return None
+            del walk.comeback[index]
             if at > now:
                 _log.info(
                     "%s: every provider busy; waiting %.2fs for %s",
@@ -175,39 +225,20 @@ class Chain:
                     at - now,
                     self.guards[index].name,
                 )
-                self._sleep(at - now, cancel)
+                self._sleep(at - now, walk.cancel)
             # Queue here no longer than until another provider is due back (if any is).
             now = self.clock.monotonic()
-            due = [t for t in comeback.values() if t > now]
-            wait_cap = min(due) - now if due else None
+            due = [t for t in walk.comeback.values() if t > now]
             result = self._on_provider(
-                request,
-                index,
-                deadline,
-                attempts,
-                comeback,
-                throttled,
-                cancel,
-                last_round=True,
-                wait_cap=wait_cap,
+                walk, index, last_round=True, wait_cap=min(due) - now if due else None
             )
             if result is not None:
-                return self._finish(result, attempts)
-            _note_busy(busy, index, self.guards[index], attempts)
-        raise AllProvidersFailed(_failure_message(attempts), attempts=attempts)
+                return result
+            self._note_busy(walk, index)
+        return None
 
     def _on_provider(
-        self,
-        request: ChatRequest,
-        index: int,
-        deadline: float,
-        attempts: list[Attempt],
-        comeback: dict[int, float],
-        throttled: dict[int, int],
-        cancel: threading.Event | None,
-        *,
-        last_round: bool = False,
-        wait_cap: float | None = None,
+        self, walk: _Walk, index: int, *, last_round: bool = False, wait_cap: float | None = None
     ) -> AttemptResult | None:
         """Try one provider, with its retries. The success, or ``None`` to move on.
 
@@ -215,106 +246,125 @@ class Chain:
         ``wait_cap`` seconds (``None``: as long as the deadline allows).
         """
         guard = self.guards[index]
-        later = self.guards[index + 1 :]
-        retries = 0
+
+        def attempt(retries: int) -> AttemptResult | None:
+            return self._attempt(walk, index, retries, last_round, wait_cap)
+
+        def decision(result: AttemptResult | None, retries: int) -> Decision:
+            return self._decide(walk, index, result, retries, last_round and wait_cap is None)
+
+        def on_retry(result: AttemptResult | None, decided: Decision, retries: int) -> None:
+            assert result is not None
+            walk.comeback.pop(index, None)
+            guard.count_retry()
+            outcome = result.outcome
+            _log.info(
+                "%s: %s; retry %d in %.2fs", guard.name, outcome.value, retries, decided.delay
+            )
+            if self.hooks:
+                error = result.attempt.error
+                self.hooks.emit(
+                    Event("retry", guard.name, outcome=outcome, delay=decided.delay, error=error)
+                )
+
+        result, decided = run_attempts(
+            attempt, decision, sleep=lambda s: self._sleep(s, walk.cancel), on_retry=on_retry
+        )
+        if decided.step is Step.DONE:
+            return result
+        if decided.step is Step.STOP:
+            assert result is not None
+            error = result.attempt.error
+            assert isinstance(error, BadRequestError)
+            error.attempts = tuple(walk.attempts)  # type: ignore[attr-defined]
+            raise error
+        if decided.comeback is not None:
+            walk.comeback[index] = self.clock.monotonic() + decided.comeback
+        return None
+
+    def _decide(
+        self,
+        walk: _Walk,
+        index: int,
+        result: AttemptResult | None,
+        retries: int,
+        waited_out: bool,
+    ) -> Decision:
+        """Gather the facts :func:`~ratelimit_sdk.retry.decide` needs for this attempt."""
+        if result is None:  # the deadline passed before an attempt
+            return Decision(Step.MOVE_ON)
+        outcome = result.outcome
+        if outcome is Outcome.BUSY and waited_out:
+            return Decision(Step.MOVE_ON)  # it waited as long as the deadline allowed
+        later_free = False
+        if outcome is Outcome.RATE_LIMITED:
+            walk.throttled[index] = walk.throttled.get(index, 0) + 1
+            later_free = self._free_later(walk, index)
+        verdict = result.verdict
+        return decide(
+            outcome,
+            retries=retries,
+            backoff=self.guards[index].backoff,
+            time_left=walk.deadline - self.clock.monotonic(),
+            retry_same=verdict is None or verdict.retry_same,
+            retry_after=None if verdict is None else verdict.retry_after,
+            pause=result.pause,
+            throttles=walk.throttled.get(index, 0),
+            later_free=later_free,
+        )
+
+    def _free_later(self, walk: _Walk, index: int) -> bool:
+        """Whether a provider after ``index`` could take the call now (one look each)."""
+        return any(g.availability(walk.request).now for g in self.guards[index + 1 :])
+
+    def _attempt(
+        self, walk: _Walk, index: int, retries: int, last_round: bool, wait_cap: float | None
+    ) -> AttemptResult | None:
+        """One attempt here, admitted as the rules say; ``None`` once the deadline passed."""
+        guard = self.guards[index]
         fleet_until: float | None = None  # end of this admission's wait for "any provider"
         fleet_since = 0.0
+        waited_enough = False
         while True:
-            if cancel is not None and cancel.is_set():
+            if walk.cancel is not None and walk.cancel.is_set():
                 raise Cancelled
             now = self.clock.monotonic()
-            if now >= deadline:
+            if now >= walk.deadline:
                 return None
-            max_wait = guard.config.limits.max_queue_wait
-            if (
-                not last_round
-                and later
-                and not guard.can_take_now(request)
-                and not any(g.can_take_now(request) for g in later)
-            ):
-                # Everyone from here on is full: wait for the first to have room, rather
-                # than in this provider's queue while a later one frees up first. The
-                # whole wait for this admission stays within max_queue_wait.
-                if fleet_until is None:
-                    fleet_until = deadline if max_wait is None else min(deadline, now + max_wait)
-                    fleet_since = now
-                if now < fleet_until and self.fleet.wait_any(
-                    self.guards[index:], request, fleet_until, cancel
-                ):
-                    continue
-                max_wait = 0.0  # waited its share: one look here, then move on
-            elif last_round:
-                max_wait = wait_cap  # nothing left to move on to but who comes back
-            elif any(g.can_take_now(request) for g in later):
-                max_wait = 0.0  # never queue here while a later provider is free
-            else:  # ... nor past the moment a later provider comes back
-                back = _soonest_back(later)
-                if back is not None and (max_wait is None or back < max_wait):
-                    max_wait = back
-            if fleet_until is not None and max_wait is not None and max_wait > 0:
-                max_wait = min(max_wait, max(0.0, fleet_until - self.clock.monotonic()))
-            attempt_started = self.clock.monotonic()
+            last = last_round or index + 1 == len(self.guards)
+            # One look first: admitted at once (one round trip with Redis), or told why not.
+            # The last provider has nowhere to move on to: it queues (first come, first served).
+            first_wait = (wait_cap if last_round else guard.max_queue_wait) if last else 0.0
             result = guard.attempt(
-                request, deadline=deadline, max_wait=max_wait, retry_index=retries, cancel=cancel
+                walk.request,
+                deadline=walk.deadline,
+                max_wait=first_wait,
+                retry_index=retries,
+                cancel=walk.cancel,
             )
-            if fleet_until is not None:  # the wait for "any provider" was this admission's wait
-                waited = attempt_started - fleet_since
-                result = dataclasses.replace(
-                    result,
-                    attempt=dataclasses.replace(
-                        result.attempt, elapsed=result.attempt.elapsed + waited
-                    ),
+            if result.outcome not in SKIPS or last or waited_enough:
+                break
+            if self._free_later(walk, index):
+                break  # never queue here while a later provider could take it now
+            # Everyone from here on is full or paused: wait for the first to have room, rather than
+            # in this provider's queue while a later one frees up first. The whole wait
+            # for this admission stays within max_queue_wait; then one more look.
+            if fleet_until is None:
+                max_wait = guard.max_queue_wait
+                fleet_since = now
+                fleet_until = (
+                    walk.deadline if max_wait is None else min(walk.deadline, now + max_wait)
                 )
-            fleet_until = None  # the next admission (a retry) has a max_queue_wait of its own
-            _record(attempts, result.attempt)
-            outcome = result.outcome
-            if outcome is Outcome.OK:
-                return result
-            if outcome is Outcome.BAD_REQUEST:
-                error = result.attempt.error
-                assert isinstance(error, BadRequestError)
-                error.attempts = tuple(attempts)  # type: ignore[attr-defined]
-                raise error
-            if outcome is Outcome.BUSY and last_round and wait_cap is None:
-                return None  # it waited as long as the deadline allowed (or it is closed)
-            if outcome in (Outcome.CIRCUIT_OPEN, Outcome.COOLING_DOWN, Outcome.BUSY):
-                comeback[index] = self.clock.monotonic() + result.wait_hint
-                return None
-            if outcome is Outcome.QUOTA_EXHAUSTED:
-                comeback[index] = self.clock.monotonic() + guard.limiter.cooldown_remaining()
-                return None
-            verdict = result.verdict
-            retry_after = None if verdict is None else verdict.retry_after
-            if outcome is Outcome.RATE_LIMITED:
-                cooldown = guard.limiter.cooldown_remaining()
-                throttled[index] = throttled.get(index, 0) + 1
-                retry = guard.config.retry
-                # Coming back is a retry here: only within max_retries and max_delay.
-                if throttled[index] <= retry.max_retries and cooldown <= retry.max_delay:
-                    comeback[index] = self.clock.monotonic() + cooldown
-                if any(g.can_take_now(request) for g in later):
-                    return None  # move on at once: a later provider can take it now
-                retry_after = max(retry_after or 0.0, cooldown)
-            elif verdict is not None and not verdict.retry_same:
-                return None
-            reason, reopens = guard.unavailable_for()
-            if reason is Outcome.CIRCUIT_OPEN:  # this failure opened the breaker: move on
-                comeback[index] = self.clock.monotonic() + (reopens or PROBE_POLL)
-                return None
-            wait = guard.backoff.next_wait(retries, retry_after)
-            if wait is None or self.clock.monotonic() + wait >= deadline:
-                return None
-            retries += 1
-            guard.count_retry()
-            _log.info("%s: %s; retry %d in %.2fs", guard.name, outcome.value, retries, wait)
-            if self.hooks:
-                self.hooks.emit(
-                    Event(
-                        "retry", guard.name, outcome=outcome, delay=wait, error=result.attempt.error
-                    )
-                )
-            self._sleep(wait, cancel)
-            comeback.pop(index, None)
+            rest = self.guards[index:]
+            waited_enough = not self.fleet.wait_any(rest, walk.request, fleet_until, walk.cancel)
+        if fleet_until is not None:  # the wait for "any provider" was this admission's wait
+            waited = self.clock.monotonic() - fleet_since - result.attempt.elapsed
+            attempt = dataclasses.replace(
+                result.attempt, elapsed=result.attempt.elapsed + max(0.0, waited)
+            )
+            result = dataclasses.replace(result, attempt=attempt)
+        walk.record(result.attempt)
+        return result
 
     def _sleep(self, seconds: float, cancel: threading.Event | None) -> None:
         if cancel is None:
@@ -322,9 +372,17 @@ class Chain:
         elif cancel.wait(seconds):
             raise Cancelled
 
-    def _fallback(self, guard: Guard, to: Guard, attempts: list[Attempt]) -> None:
-        last = attempts[-1] if attempts else None
-        if last is None or last.provider != guard.name:
+    def _note_busy(self, walk: _Walk, index: int) -> None:
+        """Remember whether this provider's last attempt in this call found it busy."""
+        last = walk.last_of(self.guards[index].name)
+        if last is not None and last.outcome is Outcome.BUSY:
+            walk.busy.add(index)
+        else:
+            walk.busy.discard(index)
+
+    def _fallback(self, walk: _Walk, guard: Guard, to: Guard) -> None:
+        last = walk.last_of(guard.name)
+        if last is None:
             return
         guard.count_fallback()
         _log.info("%s: %s; falling back to %s", guard.name, last.outcome.value, to.name)
@@ -340,8 +398,9 @@ class Chain:
             )
 
     def _finish(
-        self, result: AttemptResult, attempts: list[Attempt]
+        self, result: AttemptResult, walk: _Walk
     ) -> tuple[ChatResponse | None, AttemptResult | None, list[Attempt]]:
+        attempts = walk.attempts
         if result.stream is not None:
             return None, result, attempts
         completion = result.completion
@@ -356,39 +415,6 @@ class Chain:
             finish_reason=completion.finish_reason,
         )
         return response, result, attempts
-
-
-def _soonest_back(guards: Sequence[Guard]) -> float | None:
-    """Seconds until the first of ``guards`` that is paused (cooldown, open breaker) resumes."""
-    waits = [wait for reason, wait in (g.unavailable_for() for g in guards) if reason and wait > 0]
-    return min(waits) if waits else None
-
-
-def _note_busy(busy: set[int], index: int, guard: Guard, attempts: list[Attempt]) -> None:
-    """Remember whether ``guard``'s last attempt in this call found it busy."""
-    last = attempts[-1] if attempts else None
-    if last is not None and last.provider == guard.name and last.outcome is Outcome.BUSY:
-        busy.add(index)
-    else:
-        busy.discard(index)
-
-
-#: Skips that cost the provider nothing; repeated back to back, only the latest is kept.
-_SKIPS = frozenset({Outcome.CIRCUIT_OPEN, Outcome.COOLING_DOWN, Outcome.BUSY})
-
-
-def _record(attempts: list[Attempt], attempt: Attempt) -> None:
-    """Append ``attempt``; a skip that repeats the previous one replaces it.
-
-    A call that keeps finding a provider paused (a long half-open probe, a long
-    cooldown) would otherwise collect one identical record per look.
-    """
-    if attempts and attempt.outcome in _SKIPS:
-        last = attempts[-1]
-        if last.provider == attempt.provider and last.outcome is attempt.outcome:
-            attempts[-1] = attempt
-            return
-    attempts.append(attempt)
 
 
 def _failure_message(attempts: list[Attempt]) -> str:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import math
 import threading
+from collections import deque
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -23,14 +24,12 @@ from .chain import Chain, Fleet
 from .clock import SYSTEM_CLOCK, Clock
 from .config import ClientConfig, LimitsConfig, ProviderConfig
 from .errors import (
-    AcquireTimeout,
     BadRequestError,
-    CircuitOpenError,
     ConfigError,
     RateLimitSDKError,
 )
 from .guard import Guard, build_guards
-from .hooks import Event, HookFn, Hooks
+from .hooks import HookFn, Hooks
 from .models import ChatRequest, ChatResponse, ProviderStats
 from .stream import ChatStream, finished_stream
 
@@ -76,6 +75,91 @@ class _State:
     pools: Mapping[str, Limiter]
 
 
+class _Usage:
+    """Which configurations running calls hold, so a replaced guard closes when idle.
+
+    A call counts itself on the state it started with (:meth:`enter`) until it ends
+    (:meth:`leave`; a stream, until it closes). A guard replaced by a reload is
+    closed once no running call holds a state that has it. Thread-safe; the lock
+    is held for a few dictionary operations, never across I/O.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[int, tuple[_State, int]] = {}  # id(state) -> (state, calls)
+        self._retired: list[Guard] = []
+        self._later: deque[_State] = deque()  # leaves from finalizers, taken at the next call
+
+    def enter(self, client: Client) -> _State:
+        """Count a call on the client's current state and return that state."""
+        with self._lock:
+            state = client._state
+            _, calls = self._running.get(id(state), (state, 0))
+            self._running[id(state)] = (state, calls + 1)
+            self._drain()
+        return state
+
+    def leave(self, state: _State, current: _State) -> list[Guard]:
+        """Uncount a call on ``state``; the retired guards now idle (to close)."""
+        with self._lock:
+            self._uncount(state)
+            self._drain()
+            return self._idle(current)
+
+    def leave_later(self, state: _State) -> None:
+        """:meth:`leave` from a finalizer: takes no lock; counted at the next enter or leave."""
+        self._later.append(state)
+
+    def _drain(self) -> None:
+        while self._later:
+            self._uncount(self._later.popleft())
+
+    def _uncount(self, state: _State) -> None:
+        _, calls = self._running.pop(id(state))
+        if calls > 1:
+            self._running[id(state)] = (state, calls - 1)
+
+    def retire(self, guards: list[Guard], current: _State) -> list[Guard]:
+        """Note ``guards`` as replaced; those no running call holds (to close now)."""
+        with self._lock:
+            self._retired.extend(guards)
+            return self._idle(current)
+
+    def retire_all(self) -> list[Guard]:
+        """Every retired guard not yet closed (the client is closing)."""
+        with self._lock:
+            guards, self._retired = self._retired, []
+        return guards
+
+    def _idle(self, current: _State) -> list[Guard]:
+        if not self._retired:
+            return []
+        held = {id(g) for g in current.guards.values()}
+        for state, _ in self._running.values():
+            held.update(id(g) for g in state.guards.values())
+        idle = [g for g in self._retired if id(g) not in held]
+        self._retired = [g for g in self._retired if id(g) in held]
+        return idle
+
+
+class _InUse:
+    """``with _InUse(client) as state:`` runs one call on the current state, counted."""
+
+    __slots__ = ("_client", "_state")
+
+    def __init__(self, client: Client) -> None:
+        self._client = client
+        self._state: _State | None = None
+
+    def __enter__(self) -> _State:
+        self._state = self._client._enter()
+        return self._state
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._state is not None:
+            self._client._leave(self._state)
+
+
 class Client:
     """A blocking, thread-safe client over one or more LLM providers.
 
@@ -98,8 +182,8 @@ class Client:
         self._hooks = Hooks()
         self._lock = threading.Lock()
         self._closed = False
-        self._retired: list[Guard] = []
         self._fleet = Fleet(self._clock)
+        self._usage = _Usage()
         self._state = self._build(cfg, {}, {})
 
     @classmethod
@@ -125,7 +209,7 @@ class Client:
         for pc in cfg.providers:
             if pc.name in reuse:
                 guard = reuse[pc.name]
-                guard.apply(pc)
+                guard.apply(pc, None if pc.pool is None else cfg.pools[pc.pool])
                 guards[pc.name] = guard
             else:
                 guards[pc.name] = built[pc.name]
@@ -229,18 +313,28 @@ class Client:
         chain_name: str | None,
         timeout: float | _NotGiven | None,
     ) -> ChatStream:
-        if self._closed:
-            raise RateLimitSDKError("client is closed")
-        state = self._state
-        chain = self._pick_chain(state, preferred_model, chain_name)
-        _, result, attempts = chain.run(request, deadline=self._deadline(state, timeout))
-        assert result is not None
-        if result.stream is None:  # the provider answered without streaming: serve it whole
-            completion = result.completion
-            assert completion is not None
-            return finished_stream(completion.content, result.attempt.provider, attempts)
-        result.stream.attempts = tuple(attempts)
-        return result.stream
+        state: _State | None = self._enter()
+        assert state is not None
+        try:
+            chain = self._pick_chain(state, preferred_model, chain_name)
+            _, result, attempts = chain.run(request, deadline=self._deadline(state, timeout))
+            assert result is not None
+            stream = result.stream
+            if stream is None:  # the provider answered without streaming: serve it whole
+                completion = result.completion
+                assert completion is not None
+                return finished_stream(completion.content, result.attempt.provider, attempts)
+            stream.attempts = tuple(attempts)
+            # The state (and its guards' sessions) stays held until the stream closes.
+            stream.on_close(
+                functools.partial(self._leave, state),
+                from_gc=functools.partial(self._usage.leave_later, state),
+            )
+            state = None
+            return stream
+        finally:
+            if state is not None:
+                self._leave(state)
 
     def _run(
         self,
@@ -250,14 +344,23 @@ class Client:
         timeout: float | _NotGiven | None,
         cancel: threading.Event | None,
     ) -> ChatResponse:
-        if self._closed:
-            raise RateLimitSDKError("client is closed")
-        state = self._state
-        chain = self._pick_chain(state, preferred_model, chain_name)
-        deadline = self._deadline(state, timeout)
-        response, _, _ = chain.run(request, deadline=deadline, cancel=cancel)
+        with _InUse(self) as state:
+            chain = self._pick_chain(state, preferred_model, chain_name)
+            deadline = self._deadline(state, timeout)
+            response, _, _ = chain.run(request, deadline=deadline, cancel=cancel)
         assert response is not None
         return response
+
+    def _enter(self) -> _State:
+        """The configuration a new call runs on, counted until :meth:`_leave`."""
+        if self._closed:
+            raise RateLimitSDKError("client is closed")
+        return self._usage.enter(self)
+
+    def _leave(self, state: _State) -> None:
+        """A call on ``state`` ended: close the replaced guards nobody uses any more."""
+        for guard in self._usage.leave(state, self._state):
+            guard.close()
 
     def _pick_chain(
         self, state: _State, preferred_model: str | None, chain_name: str | None
@@ -345,54 +448,17 @@ class Client:
     ) -> Generator[tuple[int, Any], None, None]:
         if not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
-        unknown = set(options) - {"preferred_model", "chain", "timeout"}
+        unknown = set(options) - set(_CALL_OPTIONS)
         if unknown:
             raise TypeError(f"map() got unexpected options: {', '.join(sorted(unknown))}")
         requests = [_item_request(item) for item in items]
-        cancel = threading.Event()
+        batch = _Batch(self, requests, max_workers, options)
         bar = _progress_bar(len(requests), progress)
-        pool = ThreadPoolExecutor(
-            max_workers=min(max_workers, max(1, len(requests))),
-            thread_name_prefix="ratelimit_sdk",
-        )
-        futures: dict[Future[ChatResponse], int] = {}
-        preferred = options.get("preferred_model")
-        chain_name = options.get("chain")
-        timeout = options.get("timeout", NOT_GIVEN)
         first_error: BaseException | None = None
-        # Submit lazily, a bounded window ahead of the workers: a long job stopped early
-        # (Ctrl-C, an error, an abandoned imap) has sent only what was really running.
-        window = max_workers * 2
-        todo = iter(enumerate(requests))
-        pending: set[Future[ChatResponse]] = set()
-
-        def submit_more() -> None:
-            while len(pending) < window and not cancel.is_set():
-                nxt = next(todo, None)
-                if nxt is None:
-                    return
-                index, (request, extra) = nxt
-                fut = pool.submit(
-                    self._run,
-                    request,
-                    extra.get("preferred_model", preferred),
-                    extra.get("chain", chain_name),
-                    extra.get("timeout", timeout),
-                    cancel,
-                )
-                futures[fut] = index
-                pending.add(fut)
-
         try:
-            submit_more()
-            while pending:
-                # Wake at least twice a second so Ctrl-C in this thread is seen promptly.
-                done, still = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-                pending.intersection_update(still)
-                for fut in done:
-                    if fut.cancelled():  # never started: cancelled after the first error
-                        continue
-                    index = futures.pop(fut)
+            batch.submit_more()
+            while batch.pending:
+                for index, fut in batch.finished():
                     error = fut.exception()
                     if bar is not None:
                         bar.update(1)
@@ -400,24 +466,17 @@ class Client:
                         yield index, fut.result()
                     elif return_exceptions and isinstance(error, (RateLimitSDKError, ValueError)):
                         yield index, error
-                    else:
-                        if first_error is None:
-                            first_error = error
-                            cancel.set()  # stop sending; let the running calls end
-                            for other in pending:
-                                other.cancel()
-                            self._wake_waiters()
-                submit_more()
+                    elif first_error is None:
+                        first_error = error
+                        batch.stop()  # send nothing new; let the running calls end
+                batch.submit_more()
             if first_error is not None:
                 raise first_error
         except BaseException:
-            cancel.set()
-            for fut in futures:
-                fut.cancel()
-            self._wake_waiters()
+            batch.stop(everything=True)
             raise
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            batch.shutdown()
             if bar is not None:
                 bar.close()
 
@@ -445,29 +504,20 @@ class Client:
         ``retry_on`` (a ``requests``/``httpx`` error carrying a 429 also sets a
         cooldown from its Retry-After). ``timeout`` bounds waits and retries
         together (omitted: ``ClientConfig.timeout``). The last error is re-raised.
+        Each call runs on the provider's guard as configured when it starts (after a
+        :meth:`reload`, the new one).
         """
-        guard = self.guard(provider)
+        self.guard(provider)  # an unknown provider fails here, not at the first call
 
         def decorator(fn: Callable[P, T]) -> Callable[P, T]:
             @functools.wraps(fn)
             def wrapper(*args: P.args, **kwargs: P.kwargs) -> T:
-                deadline = self._deadline(self._state, timeout)
-                retries = 0
-                while True:
-                    try:
-                        return guard.call(fn, args, kwargs, deadline=deadline, failures=retry_on)
-                    except (CircuitOpenError, AcquireTimeout):
-                        raise
-                    except retry_on as exc:
-                        wait = guard.backoff.next_wait(retries, getattr(exc, "retry_after", None))
-                        if wait is None or self._clock.monotonic() + wait >= deadline:
-                            raise
-                        retries += 1
-                        guard.count_retry()
-                        _log.info("%s: %r; retry %d in %.2fs", guard.name, exc, retries, wait)
-                        if self._hooks:
-                            self._hooks.emit(Event("retry", guard.name, delay=wait, error=exc))
-                        self._clock.sleep(wait)
+                with _InUse(self) as state:
+                    guard = state.guards[state.config.provider(provider).name]
+                    deadline = self._deadline(state, timeout)
+                    return guard.call_with_retries(
+                        fn, args, kwargs, deadline=deadline, failures=retry_on
+                    )
 
             return wrapper
 
@@ -496,7 +546,8 @@ class Client:
             new_pc = pc.model_copy(update={"limits": new_limits})
             providers = [new_pc if p.name == pc.name else p for p in state.config.providers]
             new_cfg = state.config.model_copy(update={"providers": providers})
-            state.guards[pc.name].apply(new_pc)
+            pool = None if new_pc.pool is None else state.config.pools[new_pc.pool]
+            state.guards[pc.name].apply(new_pc, pool)
             self._state = _State(new_cfg, state.guards, state.chains, state.pools)
         _log.info("%s: limits updated: %s", pc.name, limits)
 
@@ -521,9 +572,11 @@ class Client:
                 and _same_endpoint(old.guards[p.name].config, p)
                 and (p.pool or None) == (old.guards[p.name].config.pool or None)
             }
-            self._state = self._build(cfg, reuse, old.pools if same_backend else {})
+            self._state = new = self._build(cfg, reuse, old.pools if same_backend else {})
             kept = set(reuse)
-            self._retired.extend(g for n, g in old.guards.items() if n not in kept)
+            idle = self._usage.retire([g for n, g in old.guards.items() if n not in kept], new)
+        for guard in idle:  # replaced, and no running call holds them: close them now
+            guard.close()
         _log.info("configuration reloaded: %s", ", ".join(p.name for p in cfg.providers))
 
     def on(self, event: str, fn: HookFn) -> HookFn:
@@ -561,7 +614,7 @@ class Client:
             if self._closed:
                 return
             self._closed = True
-            guards = list(self._state.guards.values()) + self._retired
+            guards = list(self._state.guards.values()) + self._usage.retire_all()
         for guard in guards:
             guard.close()
         self._fleet.notify()  # calls waiting for any provider: look again, and give up
@@ -640,6 +693,74 @@ def _item_request(item: Any) -> tuple[ChatRequest, dict[str, Any]]:
         temperature = kwargs.pop("temperature", None)
         return _make_request(messages, max_tokens, temperature, kwargs), extra
     return _make_request(item, None, None, {}), {}
+
+
+class _Batch:
+    """The calls of one ``map``/``imap``: a thread pool fed a bounded window ahead.
+
+    Submitting lazily, at most twice ``max_workers`` ahead of the workers, means a
+    long job stopped early (Ctrl-C, an error, an abandoned ``imap``) has sent only
+    what was really running. Used by the one thread that iterates.
+    """
+
+    def __init__(
+        self,
+        client: Client,
+        requests: list[tuple[ChatRequest, dict[str, Any]]],
+        max_workers: int,
+        options: Mapping[str, Any],
+    ) -> None:
+        self.client = client
+        self.cancel = threading.Event()
+        self.pool = ThreadPoolExecutor(
+            max_workers=min(max_workers, max(1, len(requests))),
+            thread_name_prefix="ratelimit_sdk",
+        )
+        self.window = max_workers * 2
+        self.todo = iter(enumerate(requests))
+        self.options = options
+        self.futures: dict[Future[ChatResponse], int] = {}
+        self.pending: set[Future[ChatResponse]] = set()
+
+    def submit_more(self) -> None:
+        """Fill the window (nothing once stopped)."""
+        while len(self.pending) < self.window and not self.cancel.is_set():
+            nxt = next(self.todo, None)
+            if nxt is None:
+                return
+            index, (request, extra) = nxt
+            options = {**self.options, **extra}
+            fut = self.pool.submit(
+                self.client._run,
+                request,
+                options.get("preferred_model"),
+                options.get("chain"),
+                options.get("timeout", NOT_GIVEN),
+                self.cancel,
+            )
+            self.futures[fut] = index
+            self.pending.add(fut)
+
+    def finished(self) -> list[tuple[int, Future[ChatResponse]]]:
+        """The calls that ended since the last look, with their input index.
+
+        Wakes at least twice a second so Ctrl-C in the iterating thread is seen promptly.
+        """
+        done, still = wait(self.pending, timeout=0.5, return_when=FIRST_COMPLETED)
+        self.pending.intersection_update(still)
+        # A future cancelled before it started (after the first error) has no result.
+        return [(self.futures.pop(f), f) for f in done if not f.cancelled()]
+
+    def stop(self, *, everything: bool = False) -> None:
+        """Send nothing new: cancel what has not started and wake the waiting calls."""
+        self.cancel.set()
+        for fut in self.futures if everything else self.pending:
+            fut.cancel()
+        self.client._wake_waiters()
+
+    def shutdown(self) -> None:
+        """Let the pool go without waiting for the calls still running."""
+        self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

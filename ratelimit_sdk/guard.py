@@ -2,9 +2,12 @@
 
 A :class:`Guard` makes exactly one attempt on its provider and reports what it
 came to (:class:`AttemptResult`); whether to retry or move on is the chain's
-business. The permit is released in ``finally`` on every path (success, any
+business. Every attempt, streamed or not, and every ``Client.guarded`` call goes
+through one :class:`Admission` (breaker gate, then permit), a context manager
+whose single ``__exit__`` gives everything back on every path (success, any
 exception, KeyboardInterrupt); the breaker hears the classified outcome after
-the request, never around it.
+the request, never around it. :meth:`Guard.availability` answers "can you take
+this call now, and if not, from when?" in one look.
 
 :func:`build_guards` builds one guard per provider (limiter, transport, breaker)
 from a :class:`~ratelimit_sdk.config.ClientConfig`.
@@ -18,7 +21,8 @@ import threading
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from types import TracebackType
+from typing import Any, Generic, TypeVar
 
 from ._redact import get_logger
 from .breaker import Breaker, Probe, shared_storage
@@ -30,6 +34,7 @@ from .hooks import Event, Hooks
 from .limiter import Limiter, Permit, from_backend
 from .models import (
     Attempt,
+    Availability,
     BreakerVote,
     ChatRequest,
     Completion,
@@ -39,10 +44,18 @@ from .models import (
     Verdict,
 )
 from .providers import Provider, build_provider
-from .retry import Backoff
+from .retry import PROBE_POLL, Backoff, Decision, Step, decide, run_attempts
 from .stream import ChatStream
 
-__all__ = ["AttemptResult", "Cancelled", "Guard", "build_guards"]
+__all__ = [
+    "PROBE_POLL",
+    "Admission",
+    "AttemptResult",
+    "CallResult",
+    "Cancelled",
+    "Guard",
+    "build_guards",
+]
 
 _log = get_logger("ratelimit_sdk.guard")
 
@@ -51,25 +64,35 @@ T = TypeVar("T")
 #: How many recent admission waits each guard keeps for the p50/p95 figures.
 WAIT_SAMPLES = 1024
 
-#: Seconds a call skipped while another thread's half-open probe is out waits before it
-#: looks again (the probe's end has no known time; polling beats spinning).
-PROBE_POLL = 0.05
-
 
 @dataclass(frozen=True, slots=True)
 class AttemptResult:
-    """One attempt's result: the record for the caller, plus what the chain needs."""
+    """One attempt's result: the record for the caller, plus what the chain needs.
+
+    ``pause``: the provider's state after the attempt, as far as this process knows
+    without asking anybody: for a skip, why it was skipped and for how long; for an
+    attempt that set a cooldown or opened the breaker, that pause; ``None`` when the
+    attempt left the provider open for business.
+    """
 
     attempt: Attempt
     verdict: Verdict | None = None
     completion: Completion | None = None
     stream: ChatStream | None = None
-    wait_hint: float = 0.0  # skipped providers: seconds until they may take a call
+    pause: Availability | None = None
 
     @property
     def outcome(self) -> Outcome:
         """The attempt's outcome."""
         return self.attempt.outcome
+
+    @property
+    def wait_hint(self) -> float:
+        """Seconds until the provider may take a call again (0.0: now, or unknown)."""
+        pause = self.pause
+        if pause is None or pause.wait is None:
+            return 0.0
+        return pause.wait
 
 
 class Cancelled(BaseException):
@@ -113,8 +136,150 @@ def _percentile(samples: list[float], q: float) -> float:
     return ordered[index]
 
 
+class Admission:
+    """One attempt's admission to one provider: breaker gate, then permit. A context manager.
+
+    ``with guard.admission(tokens=..., max_wait=...) as adm:`` asks the breaker,
+    then the limiter (one look that admits or says from when, then, only if asked
+    to wait, a bounded blocking wait). When refused, :attr:`refusal` says why
+    (``circuit_open``, ``cooling_down``, ``busy``) and for how long, and nothing is
+    held. When admitted, the body sends the request and calls :meth:`record` once
+    with the classified outcome; the cooldown it calls for is set while the permit
+    is still held (so no queued caller slips in), the breaker hears the outcome,
+    and the single ``__exit__`` releases the permit on every path: success, any
+    exception, KeyboardInterrupt. An exception before :meth:`record` gives the
+    half-open probe back without a vote. A streamed answer takes the permit along
+    with :meth:`hand_over`; the stream then releases it.
+
+    One thread uses an admission; it is not reusable.
+    """
+
+    __slots__ = (
+        "_cancel",
+        "_guard",
+        "_handed_over",
+        "_max_wait",
+        "_recorded",
+        "_skip_paused",
+        "_tokens",
+        "admitted_at",
+        "permit",
+        "probe",
+        "refusal",
+        "started",
+    )
+
+    def __init__(
+        self,
+        guard: Guard,
+        *,
+        tokens: int,
+        max_wait: float,
+        cancel: threading.Event | None,
+        skip_paused: bool,
+    ) -> None:
+        self._guard = guard
+        self._tokens = tokens
+        self._max_wait = max_wait
+        self._cancel = cancel
+        self._skip_paused = skip_paused
+        self._recorded = False
+        self._handed_over = False
+        self.permit: Permit | None = None
+        self.probe: Probe | None = None
+        self.refusal: AttemptResult | None = None
+        self.started = 0.0
+        self.admitted_at = 0.0
+
+    def __enter__(self) -> Admission:
+        guard = self._guard
+        clock = guard.clock
+        self.started = clock.monotonic()
+        probe = guard.breaker.allow()
+        if probe is None:
+            self.refusal = guard._refuse_open()
+            return self
+        try:
+            got = guard.limiter.try_admit(tokens=self._tokens)
+            if not isinstance(got, Permit):
+                if self._skip_paused and (got.cooldown > 0 or got.wait == math.inf):
+                    self.refusal = guard._refuse_paused(got)
+                elif self._max_wait <= 0:
+                    self.refusal = guard._refuse_busy(got, self.started)
+                else:
+                    got = guard.limiter.acquire(
+                        timeout=self._max_wait, tokens=self._tokens, cancel=self._cancel
+                    )
+        except AcquireTimeout as exc:
+            guard._give_back(probe)
+            if self._cancel is not None and self._cancel.is_set():
+                raise Cancelled from None
+            self.refusal = guard._refuse_timeout(exc, self.started)
+            return self
+        except BaseException:
+            guard._give_back(probe)
+            raise
+        if self.refusal is not None:
+            guard._give_back(probe)
+            return self
+        assert isinstance(got, Permit)
+        self.permit, self.probe = got, probe
+        if self._cancel is not None and self._cancel.is_set():  # nothing new once cancelled
+            self.__exit__(None, None, None)
+            raise Cancelled
+        self.admitted_at = clock.monotonic()
+        guard._count_wait(self.admitted_at - self.started)
+        return self
+
+    def record(
+        self,
+        verdict: Verdict,
+        completion: Completion | None = None,
+        *,
+        retry_index: int = 0,
+        error: BaseException | None = None,
+    ) -> AttemptResult:
+        """Count and report the attempt's outcome (once), pausing the provider as it calls for."""
+        assert self.permit is not None and self.probe is not None and not self._recorded
+        self._recorded = True
+        if completion is not None and completion.usage is not None:
+            self.permit.settle(tokens=completion.usage.total_tokens)
+        return self._guard._record(
+            verdict, completion, self.probe, self.started, retry_index, error
+        )
+
+    def hand_over(self) -> Permit:
+        """Give the permit to whoever releases it later (a stream); ``__exit__`` keeps off it."""
+        assert self.permit is not None
+        self._handed_over = True
+        return self.permit
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        permit = self.permit
+        if permit is None:
+            return
+        try:
+            if not self._recorded:
+                self._recorded = True
+                assert self.probe is not None
+                self._guard._give_back(self.probe)
+        finally:
+            if not self._handed_over:
+                permit.release()
+
+
 class Guard:
-    """Everything between the chain and one provider. Thread-safe; one per provider."""
+    """Everything between the chain and one provider. Thread-safe; one per provider.
+
+    The chain asks :meth:`availability` (can you take this call now, and if not,
+    from when?) and :meth:`attempt` (one try); ``Client.guarded`` uses :meth:`call`.
+    All three go through one :class:`Admission`.
+    """
 
     def __init__(
         self,
@@ -146,58 +311,115 @@ class Guard:
         """The model id this guard's provider is called with."""
         return self.config.model
 
-    def unavailable_for(self) -> tuple[Outcome | None, float]:
-        """``(None, 0)`` if the provider may be tried now, else why not and for how long."""
+    @property
+    def max_queue_wait(self) -> float | None:
+        """The longest wait for admission at this provider (``None``: up to the deadline)."""
+        return self.config.limits.max_queue_wait
+
+    def availability(self, request: ChatRequest | None = None) -> Availability:
+        """Whether a call sent here now would be admitted at once, and if not, from when.
+
+        One look (one round trip with Redis; the breaker is read locally); nothing
+        is taken, and the answer may be stale. ``wait`` is ``inf`` once closed,
+        ``None`` when only a release can tell (concurrency full, or another caller's
+        half-open probe is out).
+        """
+        if self._closed:
+            return _CLOSED
         if not self.breaker.would_allow():
-            return Outcome.CIRCUIT_OPEN, self.breaker.retry_after()
-        cool = self.limiter.cooldown_remaining()
-        if cool > 0:
-            return Outcome.COOLING_DOWN, cool
+            wait = self.breaker.retry_after()
+            return Availability(wait if wait > 0 else None, reason=Outcome.CIRCUIT_OPEN)
+        tokens = 0 if request is None else self._token_estimate(request)
+        try:
+            seen = self.limiter.availability(tokens=tokens)
+        except RateLimitSDKError:
+            return Availability(None, reason=Outcome.BUSY)
+        if seen.wait == 0.0:
+            return seen
+        if seen.cooldown > 0:
+            return Availability(seen.wait, cooldown=seen.cooldown, reason=Outcome.COOLING_DOWN)
+        return Availability(seen.wait, reason=Outcome.BUSY)
+
+    def unavailable_for(self) -> tuple[Outcome | None, float]:
+        """``(None, 0)`` if the provider is not paused, else why (open, cooling) and how long."""
+        seen = self.availability()
+        if seen.reason in (Outcome.CIRCUIT_OPEN, Outcome.COOLING_DOWN):
+            return seen.reason, seen.wait or 0.0
         return None, 0.0
 
     def can_take_now(self, request: ChatRequest) -> bool:
         """Whether a call sent here now would be admitted at once (nothing is taken)."""
-        if self.unavailable_for()[0] is not None:
-            return False
-        try:
-            return self.limiter.would_admit(tokens=self._token_estimate(request))
-        except RateLimitSDKError:
-            return False
-
-    def time_to_take(self, request: ChatRequest) -> float | None:
-        """Seconds until a call sent here could be admitted at once (``0.0``: now).
-
-        ``None`` when only a release can tell (concurrency is full, another
-        thread's half-open probe is out); ``inf`` once the guard is closed. Nothing
-        is taken; the answer may be stale.
-        """
-        if self._closed:
-            return math.inf
-        reason, wait = self.unavailable_for()
-        if reason is Outcome.COOLING_DOWN:
-            return wait
-        if reason is Outcome.CIRCUIT_OPEN:
-            return wait if wait > 0 else None
-        try:
-            return self.limiter.time_to_admit(tokens=self._token_estimate(request))
-        except RateLimitSDKError:
-            return None
+        return self.availability(request).now
 
     def on_release(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` whenever this provider's limiter frees room (where it can tell)."""
         self.limiter.add_listener(fn)
 
     def _token_estimate(self, request: ChatRequest) -> int:
-        limits = self.config.limits
-        pool = self._pool_limits
-        if limits.tokens_per_minute is None and (pool is None or pool.tokens_per_minute is None):
-            return 0
-        budget = min(
+        budgets = [
             b
-            for b in (limits.tokens_per_minute, None if pool is None else pool.tokens_per_minute)
+            for b in (
+                self.config.limits.tokens_per_minute,
+                None if self._pool_limits is None else self._pool_limits.tokens_per_minute,
+            )
             if b is not None
+        ]
+        if not budgets:
+            return 0
+        return int(min(request.estimate_tokens(), *budgets))
+
+    # -- admission ----------------------------------------------------------------------
+
+    def admission(
+        self,
+        request: ChatRequest | None = None,
+        *,
+        max_wait: float,
+        cancel: threading.Event | None = None,
+        skip_paused: bool = True,
+    ) -> Admission:
+        """The admission for one attempt (use it in a ``with``); see :class:`Admission`.
+
+        ``max_wait``: seconds to wait for a permit when none is free at once (``0``:
+        one look). ``skip_paused``: refuse at once while the provider cools down
+        (the chain moves on); ``False`` waits through the cooldown within ``max_wait``.
+        """
+        tokens = 0 if request is None else self._token_estimate(request)
+        return Admission(
+            self, tokens=tokens, max_wait=max_wait, cancel=cancel, skip_paused=skip_paused
         )
-        return int(min(request.estimate_tokens(), budget))
+
+    def _refuse_open(self) -> AttemptResult:
+        wait = self.breaker.retry_after()
+        error = CircuitOpenError(
+            f"{self.name}: circuit breaker open", provider=self.name, retry_after=wait
+        )
+        # 0.0 means another caller's probe is out: look again shortly, not at once.
+        return self._skip(Outcome.CIRCUIT_OPEN, error, wait or PROBE_POLL)
+
+    def _refuse_paused(self, seen: Availability) -> AttemptResult:
+        if seen.wait == math.inf:  # closed: it never comes back
+            closed = AcquireTimeout(f"{self.name}: closed", waited=0.0, key=self.name)
+            return self._skip(Outcome.BUSY, closed, math.inf)
+        cool = seen.cooldown
+        error = ProviderError(
+            f"{self.name}: cooling down for {cool:.2f}s", provider=self.name, retry_after=cool
+        )
+        return self._skip(Outcome.COOLING_DOWN, error, max(cool, seen.wait or 0.0))
+
+    def _refuse_busy(self, seen: Availability, started: float) -> AttemptResult:
+        error = AcquireTimeout(f"{self.name}: no admission at once", waited=0.0, key=self.name)
+        hint = 0.0 if seen.wait is None else seen.wait
+        return self._skip(Outcome.BUSY, error, hint, elapsed=self.clock.monotonic() - started)
+
+    def _refuse_timeout(self, error: AcquireTimeout, started: float) -> AttemptResult:
+        # A closed guard never comes back: say so, or the chain would retry it in a loop.
+        comeback = math.inf if self._closed else 0.0
+        return self._skip(Outcome.BUSY, error, comeback, elapsed=self.clock.monotonic() - started)
+
+    def _count_wait(self, seconds: float) -> None:
+        with self._counters.lock:
+            self._counters.waits.append(seconds)
 
     # -- one attempt ----------------------------------------------------------------------
 
@@ -216,68 +438,17 @@ class Guard:
         (``BadRequestError`` included, in ``attempt.error``). KeyboardInterrupt and
         other BaseExceptions propagate after the permit is released.
         """
-        clock = self.clock
-        started = clock.monotonic()
-        probe = self.breaker.allow()
-        if probe is None:
-            wait = self.breaker.retry_after()
-            opened = CircuitOpenError(
-                f"{self.name}: circuit breaker open", provider=self.name, retry_after=wait
+        remaining = deadline - self.clock.monotonic()
+        wait = remaining if max_wait is None else min(max_wait, remaining)
+        with self.admission(request, max_wait=max(0.0, wait), cancel=cancel) as adm:
+            if adm.refusal is not None:
+                return adm.refusal
+            if request.stream:
+                return self._attempt_stream(adm, request, deadline)
+            verdict, completion = self._send(request, deadline, adm.admitted_at)
+            return adm.record(
+                self._from_send(verdict, adm.admitted_at), completion, retry_index=retry_index
             )
-            # 0.0 means another caller's probe is out: look again shortly, not at once.
-            return self._skip(Outcome.CIRCUIT_OPEN, opened, wait or PROBE_POLL)
-        cool = self.limiter.cooldown_remaining()
-        if cool > 0:
-            self._give_back(probe)
-            error = ProviderError(
-                f"{self.name}: cooling down for {cool:.2f}s", provider=self.name, retry_after=cool
-            )
-            return self._skip(Outcome.COOLING_DOWN, error, cool)
-
-        remaining = deadline - started
-        admit_wait = remaining if max_wait is None else min(max_wait, remaining)
-        try:
-            permit = self.limiter.acquire(
-                timeout=max(0.0, admit_wait), tokens=self._token_estimate(request), cancel=cancel
-            )
-        except AcquireTimeout as exc:
-            self._give_back(probe)
-            if cancel is not None and cancel.is_set():
-                raise Cancelled from None
-            # A closed guard never comes back: say so, or the chain would retry it in a loop.
-            comeback = math.inf if self._closed else 0.0
-            return self._skip(Outcome.BUSY, exc, comeback, elapsed=clock.monotonic() - started)
-        except BaseException:
-            self._give_back(probe)
-            raise
-        if cancel is not None and cancel.is_set():  # nothing new is sent once cancelled
-            permit.release()
-            self._give_back(probe)
-            raise Cancelled
-        admitted = clock.monotonic()
-        with self._counters.lock:
-            self._counters.waits.append(admitted - started)
-        if request.stream:
-            return self._attempt_stream(request, permit, probe, deadline, started)
-        try:
-            verdict, completion = self._send(request, deadline, admitted)
-            if verdict.outcome is Outcome.OK and verdict.cooldown:
-                # "Remaining 0, reset in r" counts from when the provider took our request,
-                # about when we sent it: the wait left is r minus what the answer took
-                # (plus the margin that absorbs network jitter).
-                spent = self.clock.monotonic() - admitted
-                left = verdict.cooldown - spent + self.config.limits.safety_margin
-                verdict = dataclasses.replace(verdict, cooldown=left if left > 0 else None)
-            if completion is not None and completion.usage is not None:
-                permit.settle(tokens=completion.usage.total_tokens)
-            # Pause the provider before the permit goes back, or a queued caller slips in.
-            cooldown = self._apply_cooldown(verdict, retry_index)
-        except BaseException:
-            self._give_back(probe)
-            raise
-        finally:
-            permit.release()
-        return self._record(verdict, completion, probe, started, retry_index, cooldown)
 
     def _send(
         self, request: ChatRequest, deadline: float, now: float
@@ -295,8 +466,18 @@ class Guard:
         verdict = classify(reply, now=self.clock.time())
         return verdict, (reply.completion if verdict.outcome is Outcome.OK else None)
 
+    def _from_send(self, verdict: Verdict, admitted: float) -> Verdict:
+        """A success's "remaining 0, reset in r" counts from the send, not from now."""
+        if verdict.outcome is not Outcome.OK or not verdict.cooldown:
+            return verdict
+        # The provider took our request about when we sent it: the wait left is r minus
+        # what the answer took (plus the margin that absorbs network jitter).
+        spent = self.clock.monotonic() - admitted
+        left = verdict.cooldown - spent + self.config.limits.safety_margin
+        return dataclasses.replace(verdict, cooldown=left if left > 0 else None)
+
     def _attempt_stream(
-        self, request: ChatRequest, permit: Permit, probe: Probe, deadline: float, started: float
+        self, adm: Admission, request: ChatRequest, deadline: float
     ) -> AttemptResult:
         left = max(0.001, deadline - self.clock.monotonic())
         timeouts = self.config.timeout
@@ -307,40 +488,32 @@ class Guard:
                 read_timeout=min(timeouts.read, left),
             )
         except ProviderError as exc:
-            permit.release()
-            return self._record(classify_failure(exc), None, probe, started, 0)
-        except BaseException:
-            permit.release()
-            self._give_back(probe)
-            raise
-        if stream.reply is not None:  # not a stream: an error answer to classify
-            try:
-                stream.close()
-                verdict = classify(stream.reply, now=self.clock.time())
-                cooldown = self._apply_cooldown(verdict, 0)  # before the permit goes back
-            finally:
-                permit.release()
+            return adm.record(classify_failure(exc))
+        if stream.reply is not None:  # not a stream: an error (or whole) answer to classify
+            stream.close()
+            verdict = classify(stream.reply, now=self.clock.time())
             completion = stream.reply.completion if verdict.outcome is Outcome.OK else None
-            return self._record(verdict, completion, probe, started, 0, cooldown)
+            return adm.record(verdict, completion)
         # Read up to the first text chunk: until then, a failure is an ordinary attempt
         # the chain may retry or fall back from.
         try:
             first = next(iter(stream), None)
         except ProviderError as exc:
             stream.close()
-            permit.release()
-            return self._record(classify_failure(exc), None, probe, started, 0)
+            return adm.record(classify_failure(exc))
         except BaseException:
             stream.close()
-            permit.release()
-            self._give_back(probe)
             raise
         ok = Verdict(Outcome.OK, BreakerVote.SUCCESS, retry_same=False, status=stream.status)
-        result = self._record(ok, None, probe, started, 0)
+        result = adm.record(ok)
         held = ChatStream(
-            stream, provider=self.name, model=stream.model or self.model, first=first, permit=permit
+            stream,
+            provider=self.name,
+            model=stream.model or self.model,
+            first=first,
+            permit=adm.hand_over(),
         )
-        return AttemptResult(attempt=result.attempt, verdict=ok, stream=held)
+        return dataclasses.replace(result, stream=held)
 
     # -- any callable --------------------------------------------------------------------------
 
@@ -352,60 +525,88 @@ class Guard:
         *,
         deadline: float,
         failures: tuple[type[BaseException], ...] = (Exception,),
-    ) -> T:
-        """Run ``fn(*args, **kwargs)`` under this provider's breaker and limits (one try).
+        retry_index: int = 0,
+    ) -> CallResult[T]:
+        """Run ``fn(*args, **kwargs)`` once under this provider's breaker and limits.
 
-        Raises ``CircuitOpenError`` when the breaker is open and ``AcquireTimeout``
-        when admission does not come before ``deadline`` (waiting through any
-        cooldown). An exception in ``failures`` counts against the breaker; one that
-        carries an HTTP 429 (``exc.response.status_code``) sets a cooldown from its
-        Retry-After instead. The permit is released on every path.
+        Admission waits (FIFO, through any cooldown) until ``deadline``, within
+        ``max_queue_wait``. Returns a :class:`CallResult`: the value, or the error in
+        ``failures`` that ``fn`` raised (which counts against the breaker; one that
+        carries an HTTP 429, ``exc.response.status_code``, sets a cooldown from its
+        Retry-After instead), or a refusal (``CircuitOpenError``, ``AcquireTimeout``).
+        Anything else ``fn`` raises propagates. The permit is released on every path.
         """
-        probe = self.breaker.allow()
-        if probe is None:
-            wait = self.breaker.retry_after()
-            raise CircuitOpenError(
-                f"{self.name}: circuit breaker open", provider=self.name, retry_after=wait
-            )
-        started = self.clock.monotonic()
-        max_wait = self.config.limits.max_queue_wait
-        remaining = max(0.0, deadline - started)
-        try:
-            permit = self.limiter.acquire(
-                timeout=remaining if max_wait is None else min(max_wait, remaining)
-            )
-        except BaseException:
-            self._give_back(probe)
-            raise
-        with self._counters.lock:
-            self._counters.waits.append(self.clock.monotonic() - started)
-            self._counters.requests += 1
-        try:
-            result = fn(*args, **kwargs)
-        except failures as exc:
-            throttle = _http_throttle(exc, self.clock.time())
-            with self._counters.lock:
+        remaining = max(0.0, deadline - self.clock.monotonic())
+        max_wait = self.max_queue_wait
+        wait = remaining if max_wait is None else min(max_wait, remaining)
+        with self.admission(max_wait=wait, skip_paused=False) as adm:
+            if adm.refusal is not None:
+                error = adm.refusal.attempt.error
+                assert error is not None
+                return CallResult(adm.refusal, error=error)
+            try:
+                value = fn(*args, **kwargs)
+            except failures as exc:
+                throttle = _http_throttle(exc, self.clock.time())
                 if throttle is None:
-                    self._counters.errors += 1
+                    verdict = Verdict(Outcome.ERROR, BreakerVote.FAILURE, retry_same=True)
                 else:
-                    self._counters.rate_limited += 1
-            if throttle is None:
-                self.breaker.record(BreakerVote.FAILURE, probe, exc)
-            else:
-                self._give_back(probe)
-                wait = throttle or self.backoff.delay(0)
-                self.limiter.cooldown(wait)
-                self._emit(Event("cooldown", self.name, outcome=Outcome.RATE_LIMITED, delay=wait))
-            raise
-        except BaseException:
-            self._give_back(probe)
-            raise
-        finally:
-            permit.release()
-        with self._counters.lock:
-            self._counters.ok += 1
-        self.breaker.record(BreakerVote.SUCCESS, probe)
-        return result
+                    verdict = Verdict(
+                        Outcome.RATE_LIMITED,
+                        BreakerVote.IGNORE,
+                        retry_same=True,
+                        retry_after=throttle or None,
+                        cooldown=throttle or None,
+                    )
+                result = adm.record(verdict, retry_index=retry_index, error=exc)
+                return CallResult(result, error=exc)
+            ok = Verdict(Outcome.OK, BreakerVote.SUCCESS, retry_same=False)
+            return CallResult(adm.record(ok, retry_index=retry_index), value=value)
+
+    def call_with_retries(
+        self,
+        fn: Callable[..., T],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        *,
+        deadline: float,
+        failures: tuple[type[BaseException], ...] = (Exception,),
+    ) -> T:
+        """:meth:`call`, retried after this provider's backoff while the policy allows.
+
+        What ``Client.guarded`` runs. Retries an error in ``failures`` while retries
+        remain and the wait fits ``max_delay`` and ``deadline``; then re-raises the
+        last error. ``CircuitOpenError`` and ``AcquireTimeout`` are raised at once.
+        """
+
+        def attempt(retries: int) -> CallResult[T]:
+            return self.call(
+                fn, args, kwargs, deadline=deadline, failures=failures, retry_index=retries
+            )
+
+        def decision(done: CallResult[T], retries: int) -> Decision:
+            error = done.error
+            if error is None or isinstance(error, (CircuitOpenError, AcquireTimeout)):
+                return Decision(Step.DONE)  # a value, or a refusal handed back as it is
+            return decide(
+                done.outcome,
+                retries=retries,
+                backoff=self.backoff,
+                time_left=deadline - self.clock.monotonic(),
+                retry_after=getattr(error, "retry_after", None),
+                pause=done.result.pause,
+            )
+
+        def on_retry(done: CallResult[T], decided: Decision, retries: int) -> None:
+            self.count_retry()
+            wait = decided.delay
+            _log.info("%s: %r; retry %d in %.2fs", self.name, done.error, retries, wait)
+            self._emit(Event("retry", self.name, delay=wait, error=done.error))
+
+        done, _ = run_attempts(attempt, decision, sleep=self.clock.sleep, on_retry=on_retry)
+        if done.error is not None:
+            raise done.error
+        return done.value  # type: ignore[return-value]  # T may itself be None
 
     # -- bookkeeping ---------------------------------------------------------------------------
 
@@ -419,7 +620,7 @@ class Guard:
         _log.debug("%s: skipped (%s)", self.name, outcome.value)
         attempt = Attempt(self.name, outcome, error=error, elapsed=elapsed)
         self._emit(Event("attempt", self.name, outcome=outcome, error=error, elapsed=elapsed))
-        return AttemptResult(attempt=attempt, wait_hint=wait)
+        return AttemptResult(attempt=attempt, pause=Availability(wait, reason=outcome))
 
     def _record(
         self,
@@ -428,24 +629,19 @@ class Guard:
         probe: Probe,
         started: float,
         retry_index: int,
-        cooldown: float | None = None,
+        error: BaseException | None = None,
     ) -> AttemptResult:
-        """Count and report one attempt; ``cooldown``: already applied (None: apply it now)."""
+        """Pause, count and report one attempt (the permit is still held)."""
         outcome = verdict.outcome
-        error = None if outcome is Outcome.OK else error_for(verdict, self.name)
+        if error is None and outcome is not Outcome.OK:
+            error = error_for(verdict, self.name)
+        # Pause the provider before the permit goes back, or a queued caller slips in.
+        cooldown = self._cooldown_for(verdict, retry_index)
+        if cooldown:
+            self.limiter.cooldown(cooldown)
         self.breaker.record(verdict.breaker, probe, error)
         elapsed = self.clock.monotonic() - started
-        counters = self._counters
-        with counters.lock:
-            counters.requests += 1
-            if outcome is Outcome.OK:
-                counters.ok += 1
-            elif outcome in (Outcome.RATE_LIMITED, Outcome.QUOTA_EXHAUSTED):
-                counters.rate_limited += 1
-            else:
-                counters.errors += 1
-        if cooldown is None:
-            cooldown = self._apply_cooldown(verdict, retry_index)
+        self._count(outcome)
         if cooldown:
             level = _log.info if outcome is Outcome.OK else _log.warning
             level("%s: %s; cooling down for %.2fs", self.name, outcome.value, cooldown)
@@ -463,14 +659,32 @@ class Guard:
         )
         attempt = Attempt(self.name, outcome, error=error, elapsed=elapsed, status=verdict.status)
         self._emit(Event("attempt", self.name, outcome=outcome, error=error, elapsed=elapsed))
-        return AttemptResult(attempt=attempt, verdict=verdict, completion=completion)
+        return AttemptResult(
+            attempt=attempt,
+            verdict=verdict,
+            completion=completion,
+            pause=self._pause_after(cooldown),
+        )
 
-    def _apply_cooldown(self, verdict: Verdict, retry_index: int) -> float:
-        """Put the limiter in the cooldown ``verdict`` calls for; return its length (0: none)."""
-        cooldown = self._cooldown_for(verdict, retry_index)
+    def _pause_after(self, cooldown: float) -> Availability | None:
+        """The pause an attempt left behind, known locally (an open breaker wins)."""
+        if not self.breaker.would_allow():
+            reopens = self.breaker.retry_after()
+            return Availability(reopens or PROBE_POLL, reason=Outcome.CIRCUIT_OPEN)
         if cooldown:
-            self.limiter.cooldown(cooldown)
-        return cooldown
+            return Availability(cooldown, cooldown=cooldown, reason=Outcome.COOLING_DOWN)
+        return None
+
+    def _count(self, outcome: Outcome) -> None:
+        counters = self._counters
+        with counters.lock:
+            counters.requests += 1
+            if outcome is Outcome.OK:
+                counters.ok += 1
+            elif outcome in (Outcome.RATE_LIMITED, Outcome.QUOTA_EXHAUSTED):
+                counters.rate_limited += 1
+            else:
+                counters.errors += 1
 
     def _cooldown_for(self, verdict: Verdict, retry_index: int) -> float:
         if verdict.outcome is Outcome.RATE_LIMITED:
@@ -530,26 +744,53 @@ class Guard:
             **figures,
         )
 
-    def apply(self, config: ProviderConfig) -> None:
+    def apply(self, config: ProviderConfig, pool_limits: LimitsConfig | None = None) -> None:
         """Take new limits, retry and breaker settings while running (same name, same URL).
 
-        A changed ``pool_units`` applies to the requests admitted from now on.
+        ``pool_limits``: the limits of the pool this provider draws from, as now
+        configured. A changed ``pool_units`` applies to the requests admitted from now on.
         """
         self.limiter.update(**config.limits.limiter_kwargs())
         if config.pool is not None and config.pool_units != self.config.pool_units:
             self.limiter.pool_units = config.pool_units  # type: ignore[attr-defined]
         self.breaker.reconfigure(config.breaker)
         self.backoff = Backoff(config.retry)
+        self._pool_limits = pool_limits if config.pool is not None else None
         self.config = config
 
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` ran."""
+        return self._closed
+
     def close(self) -> None:
-        """Close the transport and wake anybody waiting for admission."""
+        """Close the transport and wake anybody waiting for admission. Idempotent."""
+        if self._closed:
+            return
         self._closed = True
         self.provider.close()
         self.limiter.close()
 
     def __repr__(self) -> str:
         return f"<Guard {self.name} model={self.model!r} breaker={self.breaker.state}>"
+
+
+#: What a closed guard answers: never again.
+_CLOSED = Availability(math.inf, reason=Outcome.BUSY)
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult(Generic[T]):
+    """One :meth:`Guard.call`: the attempt's record, and the value or the error."""
+
+    result: AttemptResult
+    value: T | None = None
+    error: BaseException | None = None
+
+    @property
+    def outcome(self) -> Outcome:
+        """The attempt's outcome."""
+        return self.result.outcome
 
 
 def _http_throttle(exc: BaseException, now: float) -> float | None:
@@ -585,25 +826,14 @@ def build_guards(
     """
     make = limiter_factory or from_backend
     backend = config.backend
-    extra: dict[str, Any] = {}
-    if backend != "memory":
-        extra = {
-            "prefix": config.key_prefix,
-            "lease_timeout": config.lease_timeout,
-            "on_backend_error": config.on_backend_error,
-        }
+    extra = _backend_options(config)
     pools = {} if pools is None else pools
     for name, limits in config.pools.items():
         if name not in pools:
             pools[name] = make(
                 **limits.limiter_kwargs(), backend=backend, key=f"pool:{name}", clock=clock, **extra
             )
-
-    def on_change(provider: str, old: str, new: str) -> None:
-        if hooks:
-            name = {"open": "breaker_open", "closed": "breaker_close"}.get(new, "breaker_half_open")
-            hooks.emit(Event(name, provider, state=new))
-
+    on_change = _breaker_events(hooks)
     guards: dict[str, Guard] = {}
     for pc in config.providers:
         api_key = pc.resolve_api_key()
@@ -629,6 +859,28 @@ def build_guards(
             pool_limits=None if pc.pool is None else config.pools[pc.pool],
         )
     return guards
+
+
+def _backend_options(config: ClientConfig) -> dict[str, Any]:
+    """The limiter options a shared backend takes from the client's configuration."""
+    if config.backend == "memory":
+        return {}
+    return {
+        "prefix": config.key_prefix,
+        "lease_timeout": config.lease_timeout,
+        "on_backend_error": config.on_backend_error,
+    }
+
+
+def _breaker_events(hooks: Hooks) -> Callable[[str, str, str], None]:
+    """A breaker's state-change listener that emits the matching hook event."""
+
+    def on_change(provider: str, old: str, new: str) -> None:
+        if hooks:
+            name = {"open": "breaker_open", "closed": "breaker_close"}.get(new, "breaker_half_open")
+            hooks.emit(Event(name, provider, state=new))
+
+    return on_change
 
 
 def _breaker_storage(config: ClientConfig, name: str, limiter: Limiter) -> Any:

@@ -11,7 +11,7 @@ garbage-collected.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from types import TracebackType
 from typing import Protocol
 
@@ -63,7 +63,21 @@ class ChatStream:
         self._first = first
         self._lock = threading.Lock()
         self._closed = False
+        self._on_close: list[Callable[[], None]] = []
+        self._on_close_from_gc: list[Callable[[], None]] = []
         self._iterator = self._generate()
+
+    def on_close(
+        self, fn: Callable[[], None], *, from_gc: Callable[[], None] | None = None
+    ) -> None:
+        """Call ``fn()`` once when the stream closes (after its permit is back).
+
+        A stream closed by the garbage collector calls ``from_gc`` instead (it must
+        take no lock: it may run inside any thread at any moment); without one, nothing.
+        """
+        self._on_close.append(fn)
+        if from_gc is not None:
+            self._on_close_from_gc.append(from_gc)
 
     @property
     def content(self) -> str:
@@ -114,6 +128,8 @@ class ChatStream:
                 if usage is not None and usage.total_tokens:
                     permit.settle(tokens=usage.total_tokens)
                 permit.release()
+            for fn in self._on_close:
+                fn()
 
     def __enter__(self) -> ChatStream:
         return self
@@ -136,6 +152,8 @@ class ChatStream:
             finally:
                 if self._permit is not None:
                     self._permit._owner._release_from_gc(self._permit)
+                for fn in self._on_close_from_gc:
+                    fn()
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "open"
