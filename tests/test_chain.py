@@ -535,3 +535,97 @@ def test_a_probe_in_flight_elsewhere_is_polled_not_spun_on(clock: FakeClock, hoo
     assert [x.outcome for x in error.attempts] == [Outcome.CIRCUIT_OPEN]
     assert 2 <= len(clock.sleeps) <= 200
     assert stub.count == 0
+
+
+# -- the chain sees only the guard's interface ---------------------------------------------------
+
+
+class _InterfaceOnlyGuard:
+    """Offers exactly what the chain may use of a guard: no limiter, no config, no socket."""
+
+    def __init__(self, name: str, outcomes: list[Outcome], clock: FakeClock) -> None:
+        from ratelimit_sdk.config import RetryConfig
+        from ratelimit_sdk.retry import Backoff
+
+        self.name = name
+        self.model = f"model-{name}"
+        self.backoff = Backoff(RetryConfig(max_retries=1, base_delay=0.5, jitter=0.0))
+        self.max_queue_wait: float | None = None
+        self.outcomes = outcomes
+        self.clock = clock
+        self.retries = 0
+        self.fallbacks = 0
+
+    def availability(self, request: object = None) -> object:
+        from ratelimit_sdk.models import Availability
+
+        return Availability(0.0)
+
+    def attempt(self, request: object, **options: object) -> object:
+        from ratelimit_sdk.guard import AttemptResult
+        from ratelimit_sdk.models import BreakerVote, Completion, Verdict
+
+        outcome = self.outcomes.pop(0)
+        verdict = Verdict(outcome, BreakerVote.IGNORE, retry_same=True)
+        completion = Completion("hello") if outcome is Outcome.OK else None
+        return AttemptResult(Attempt(self.name, outcome), verdict=verdict, completion=completion)
+
+    def on_release(self, fn: object) -> None:
+        pass
+
+    def count_retry(self) -> None:
+        self.retries += 1
+
+    def count_fallback(self) -> None:
+        self.fallbacks += 1
+
+
+def test_the_chain_uses_only_the_guard_interface(clock: FakeClock, hooks: Hooks) -> None:
+    a = _InterfaceOnlyGuard("a", [Outcome.ERROR, Outcome.ERROR], clock)
+    b = _InterfaceOnlyGuard("b", [Outcome.OK], clock)
+    chain = Chain([a, b], clock=clock, hooks=hooks)  # type: ignore[list-item]
+    response = chain.run(REQUEST, deadline=clock.monotonic() + 30)[0]
+    assert response is not None and response.provider == "b"
+    assert outcomes(response.attempts) == [("a", "error"), ("a", "error"), ("b", "ok")]
+    assert (a.retries, a.fallbacks) == (1, 1)
+
+
+def test_a_release_notifies_the_fleet_while_a_waiter_is_asking_the_guards(
+    clock: FakeClock,
+) -> None:
+    """The fleet asks guards for their availability outside its lock (with Redis: a round trip)."""
+    from ratelimit_sdk.chain import Fleet
+    from ratelimit_sdk.models import Availability
+
+    asking = threading.Event()
+    proceed = threading.Event()
+
+    class SlowGuard:
+        name = "slow"
+
+        def availability(self, request: object = None) -> Availability:
+            if not proceed.is_set():
+                asking.set()
+                proceed.wait(10)
+                return Availability(None)
+            return Availability(0.0)
+
+        def time_to_take(self, request: object) -> float | None:  # the fleet's old question
+            return self.availability(request).wait
+
+    fleet = Fleet(clock)
+    waiter = threading.Thread(
+        target=fleet.wait_any,
+        args=([SlowGuard()], REQUEST, clock.monotonic() + 30, None),
+        daemon=True,
+    )
+    waiter.start()
+    assert asking.wait(10)
+    notified = threading.Event()
+    notifier = threading.Thread(target=lambda: (fleet.notify(), notified.set()), daemon=True)
+    notifier.start()
+    done_in_time = notified.wait(5)  # the old fleet held its lock here until proceed was set
+    proceed.set()
+    waiter.join(10)
+    assert done_in_time
+    assert not waiter.is_alive()

@@ -1,4 +1,4 @@
-"""Backoff (retry.py): the delay formula, jitter bounds, the max_delay cap, Retry-After fit.
+"""retry.py: the backoff formula, jitter, the max_delay cap, Retry-After fit, decide(), the loop.
 
 Pure tables: a constant or seeded ``rand`` makes every value exact.
 """
@@ -12,7 +12,8 @@ from collections.abc import Callable
 import pytest
 
 from ratelimit_sdk.config import RetryConfig
-from ratelimit_sdk.retry import Backoff
+from ratelimit_sdk.models import Availability, Outcome
+from ratelimit_sdk.retry import PROBE_POLL, Backoff, Decision, Step, decide, run_attempts
 
 
 def backoff(rand: Callable[[], float] | float = 0.0, **config: float) -> Backoff:
@@ -129,3 +130,163 @@ def test_backoff_is_a_shareable_value() -> None:
     config = RetryConfig(max_retries=1)
     assert Backoff(config) == Backoff(config, rand=lambda: 0.3)
     assert math.isfinite(Backoff(config).delay(0))
+
+
+# -- decide(): retry here, move on, or stop -------------------------------------------------
+
+
+COOLING = Outcome.COOLING_DOWN
+OPEN = Outcome.CIRCUIT_OPEN
+
+
+def cooling(seconds: float) -> Availability:
+    return Availability(seconds, cooldown=seconds, reason=COOLING)
+
+
+def opened(seconds: float) -> Availability:
+    return Availability(seconds, reason=OPEN)
+
+
+# (outcome, facts, expected decision); backoff: base 1, max_delay 60, 3 retries, no jitter.
+DECISIONS = [
+    ("ok", (Outcome.OK, {}), Decision(Step.DONE)),
+    ("bad request stops", (Outcome.BAD_REQUEST, {}), Decision(Step.STOP)),
+    (
+        "open: back when it half-opens",
+        (OPEN, {"pause": opened(12.0)}),
+        Decision(Step.MOVE_ON, comeback=12.0),
+    ),
+    (
+        "cooling: back when it ends",
+        (COOLING, {"pause": cooling(3.0)}),
+        Decision(Step.MOVE_ON, comeback=3.0),
+    ),
+    (
+        "busy, unknown: look again",
+        (Outcome.BUSY, {"pause": Availability(None, reason=Outcome.BUSY)}),
+        Decision(Step.MOVE_ON, comeback=0.0),
+    ),
+    (
+        "busy, closed: never",
+        (Outcome.BUSY, {"pause": Availability(math.inf)}),
+        Decision(Step.MOVE_ON, comeback=math.inf),
+    ),
+    (
+        "quota: back after the long cooldown",
+        (Outcome.QUOTA_EXHAUSTED, {"pause": cooling(3600.0)}),
+        Decision(Step.MOVE_ON, comeback=3600.0),
+    ),
+    ("error: retry after backoff 0", (Outcome.ERROR, {}), Decision(Step.RETRY, delay=1.0)),
+    (
+        "error: retry after backoff 2",
+        (Outcome.ERROR, {"retries": 2}),
+        Decision(Step.RETRY, delay=4.0),
+    ),
+    ("error: retries used up", (Outcome.ERROR, {"retries": 3}), Decision(Step.MOVE_ON)),
+    (
+        "error: the wait does not fit the deadline",
+        (Outcome.ERROR, {"time_left": 0.5}),
+        Decision(Step.MOVE_ON),
+    ),
+    (
+        "error: waits as long as the server asks",
+        (Outcome.ERROR, {"retry_after": 9.0}),
+        Decision(Step.RETRY, delay=9.0),
+    ),
+    (
+        "error: server asks past max_delay",
+        (Outcome.ERROR, {"retry_after": 61.0}),
+        Decision(Step.MOVE_ON),
+    ),
+    ("timeout: retried like an error", (Outcome.TIMEOUT, {}), Decision(Step.RETRY, delay=1.0)),
+    (
+        "error the classifier says not to repeat",
+        (Outcome.ERROR, {"retry_same": False}),
+        Decision(Step.MOVE_ON),
+    ),
+    (
+        "error that opened the breaker",
+        (Outcome.ERROR, {"pause": opened(30.0)}),
+        Decision(Step.MOVE_ON, comeback=30.0),
+    ),
+    (
+        "error that opened it, probe out",
+        (Outcome.ERROR, {"pause": opened(0.0)}),
+        Decision(Step.MOVE_ON, comeback=PROBE_POLL),
+    ),
+    (
+        "429, later free: move on at once",
+        (Outcome.RATE_LIMITED, {"pause": cooling(30.0), "throttles": 1, "later_free": True}),
+        Decision(Step.MOVE_ON, comeback=30.0),
+    ),
+    (
+        "429, later free, cooldown past max_delay",
+        (Outcome.RATE_LIMITED, {"pause": cooling(90.0), "throttles": 1, "later_free": True}),
+        Decision(Step.MOVE_ON),
+    ),
+    (
+        "429, later free, 429s used up",
+        (Outcome.RATE_LIMITED, {"pause": cooling(5.0), "throttles": 4, "later_free": True}),
+        Decision(Step.MOVE_ON),
+    ),
+    (
+        "429, nobody else: retry after the cooldown",
+        (Outcome.RATE_LIMITED, {"pause": cooling(5.0), "throttles": 1}),
+        Decision(Step.RETRY, delay=5.0),
+    ),
+    (
+        "429, nobody else: backoff longer than cooldown",
+        (Outcome.RATE_LIMITED, {"pause": cooling(0.5), "throttles": 1}),
+        Decision(Step.RETRY, delay=1.0),
+    ),
+    (
+        "429, nobody else: Retry-After wins",
+        (Outcome.RATE_LIMITED, {"pause": cooling(2.0), "retry_after": 7.0, "throttles": 1}),
+        Decision(Step.RETRY, delay=7.0),
+    ),
+    (
+        "429, nobody else: does not fit: back later",
+        (Outcome.RATE_LIMITED, {"pause": cooling(5.0), "throttles": 1, "time_left": 4.0}),
+        Decision(Step.MOVE_ON, comeback=5.0),
+    ),
+    (
+        "429, cooldown past max_delay: no retry",
+        (Outcome.RATE_LIMITED, {"pause": cooling(90.0), "throttles": 1}),
+        Decision(Step.MOVE_ON),
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "expected"), [(c[1], c[2]) for c in DECISIONS], ids=[c[0] for c in DECISIONS]
+)
+def test_decide_table(case: tuple[Outcome, dict[str, object]], expected: Decision) -> None:
+    outcome, facts = case
+    options: dict[str, object] = {"retries": 0, "time_left": 100.0, **facts}
+    assert decide(outcome, backoff=backoff(0.0), **options) == expected  # type: ignore[arg-type]
+
+
+def test_run_attempts_retries_while_told_and_sleeps_through_the_function_given() -> None:
+    slept: list[float] = []
+    seen: list[tuple[str, int]] = []
+    answers = iter(["bad", "bad", "good"])
+
+    def attempt(n: int) -> str:
+        return next(answers)
+
+    def decision(result: str, n: int) -> Decision:
+        return Decision(Step.DONE) if result == "good" else Decision(Step.RETRY, delay=n + 0.5)
+
+    result, decided = run_attempts(
+        attempt, decision, sleep=slept.append, on_retry=lambda r, d, n: seen.append((r, n))
+    )
+    assert (result, decided.step) == ("good", Step.DONE)
+    assert slept == [0.5, 1.5]
+    assert seen == [("bad", 1), ("bad", 2)]
+
+
+def test_run_attempts_returns_the_decision_that_ended_it() -> None:
+    result, decided = run_attempts(
+        lambda n: n, lambda r, n: Decision(Step.MOVE_ON, comeback=4.0), sleep=lambda s: None
+    )
+    assert result == 0 and decided == Decision(Step.MOVE_ON, comeback=4.0)
