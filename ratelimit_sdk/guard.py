@@ -158,6 +158,7 @@ class Admission:
         "_cancel",
         "_guard",
         "_handed_over",
+        "_look",
         "_max_wait",
         "_recorded",
         "_skip_paused",
@@ -185,6 +186,7 @@ class Admission:
         self._skip_paused = skip_paused
         self._recorded = False
         self._handed_over = False
+        self._look: Permit | Availability | None = None
         self.permit: Permit | None = None
         self.probe: Probe | None = None
         self.refusal: AttemptResult | None = None
@@ -192,44 +194,45 @@ class Admission:
         self.admitted_at = 0.0
 
     def __enter__(self) -> Admission:
-        guard = self._guard
-        clock = guard.clock
-        self.started = clock.monotonic()
-        probe = guard.breaker.allow()
-        if probe is None:
-            self.refusal = guard._refuse_open()
-            return self
         try:
-            got = guard.limiter.try_admit(tokens=self._tokens)
-            if not isinstance(got, Permit):
-                if self._skip_paused and (got.cooldown > 0 or got.wait == math.inf):
-                    self.refusal = guard._refuse_paused(got)
-                elif self._max_wait <= 0:
-                    self.refusal = guard._refuse_busy(got, self.started)
-                else:
-                    got = guard.limiter.acquire(
-                        timeout=self._max_wait, tokens=self._tokens, cancel=self._cancel
-                    )
+            self._admit()
+            return self  # inside the try: an interrupt on this line still gives all back
+        except BaseException:
+            self._give_back_all()  # whatever was taken so far, on any exception
+            raise
+
+    def _admit(self) -> None:
+        guard = self._guard
+        self.started = guard.clock.monotonic()
+        self.probe = guard.breaker.allow()
+        if self.probe is None:
+            self.refusal = guard._refuse_open()
+            return
+        try:
+            # Stored at once (no line runs between the call and the store): whatever an
+            # interrupt finds, the one release path sees the permit.
+            self._look = got = guard.limiter.try_admit(tokens=self._tokens)
+            if isinstance(got, Permit):
+                self.permit = got
+            elif self._skip_paused and (got.cooldown > 0 or got.wait == math.inf):
+                self.refusal = guard._refuse_paused(got)
+            elif self._max_wait <= 0:
+                self.refusal = guard._refuse_busy(got, self.started)
+            else:
+                self.permit = guard.limiter.acquire(
+                    timeout=self._max_wait, tokens=self._tokens, cancel=self._cancel
+                )
         except AcquireTimeout as exc:
-            guard._give_back(probe)
             if self._cancel is not None and self._cancel.is_set():
                 raise Cancelled from None
             self.refusal = guard._refuse_timeout(exc, self.started)
-            return self
-        except BaseException:
-            guard._give_back(probe)
-            raise
         if self.refusal is not None:
-            guard._give_back(probe)
-            return self
-        assert isinstance(got, Permit)
-        self.permit, self.probe = got, probe
+            self._give_back_all()
+            return
         if self._cancel is not None and self._cancel.is_set():  # nothing new once cancelled
-            self.__exit__(None, None, None)
             raise Cancelled
-        self.admitted_at = clock.monotonic()
+        self.admitted_at = guard.clock.monotonic()
         guard._count_wait(self.admitted_at - self.started)
-        return self
 
     def record(
         self,
@@ -241,12 +244,13 @@ class Admission:
     ) -> AttemptResult:
         """Count and report the attempt's outcome (once), pausing the provider as it calls for."""
         assert self.permit is not None and self.probe is not None and not self._recorded
-        self._recorded = True
         if completion is not None and completion.usage is not None:
             self.permit.settle(tokens=completion.usage.total_tokens)
-        return self._guard._record(
+        result = self._guard._record(
             verdict, completion, self.probe, self.started, retry_index, error
         )
+        self._recorded = True  # only now: an interrupt inside still gives the probe back
+        return result
 
     def hand_over(self) -> Permit:
         """Give the permit to whoever releases it later (a stream); ``__exit__`` keeps off it."""
@@ -260,16 +264,23 @@ class Admission:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        permit = self.permit
-        if permit is None:
-            return
+        self._give_back_all()
+
+    def _give_back_all(self) -> None:
+        """The one release path: the probe (without a vote, unless recorded), then the permit.
+
+        Safe to run more than once: a probe given back twice is harmless, and a
+        permit's release is idempotent.
+        """
+        probe, permit = self.probe, self.permit
+        if permit is None and isinstance(self._look, Permit):
+            permit = self.permit = self._look  # interrupted between the look and its store
         try:
-            if not self._recorded:
+            if probe is not None and not self._recorded:
                 self._recorded = True
-                assert self.probe is not None
-                self._guard._give_back(self.probe)
+                self._guard._give_back(probe)
         finally:
-            if not self._handed_over:
+            if permit is not None and not self._handed_over:
                 permit.release()
 
 
