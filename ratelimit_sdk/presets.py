@@ -1,6 +1,6 @@
 """Helper (builds configuration, not a data-path stage): the seed's four providers as presets.
 
-The providers, limits and chains the SDK grew out of (DESIGN.md section 4), with
+The providers, limits and chains the SDK grew out of, with
 the providers' real OpenAI-compatible endpoints and the usual names of their
 API-key environment variables::
 
@@ -17,7 +17,7 @@ configs themselves and must be treated as read-only.
 
 Where each default comes from
 -----------------------------
-Every number below is the seed's (DESIGN.md section 4, measured by the team that
+Every number below is the seed's (measured by the team that
 wrote the seed against their own accounts), checked against the providers' public
 documentation where that says anything:
 

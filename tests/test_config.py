@@ -53,7 +53,7 @@ def assert_no_canary(exc: BaseException) -> None:
         assert "CANARY" not in text
 
 
-# -- defaults (DESIGN.md section 2) --------------------------------------------------
+# -- defaults ------------------------------------------------------------------------
 
 
 def test_limits_defaults() -> None:

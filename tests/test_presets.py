@@ -21,7 +21,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "providers.yaml"
 KEY_VARS = ("MOONSHOT_API_KEY", "ZAI_API_KEY", "ZHIPUAI_API_KEY", "FEATHERLESS_API_KEY")
 CANARY = "CANARY-presets-4b7e91d2"
 
-# DESIGN.md section 4, row by row:
+# The seed's numbers, row by row:
 # name, max_concurrent, min_interval, requests_per_minute, priority, retries, base delay
 SEED_TABLE = [
     ("kimi", 1, 1.0, 4.0, 1, 2, 5.0),
