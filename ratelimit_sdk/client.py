@@ -142,7 +142,10 @@ class Client:
 
     @property
     def config(self) -> ClientConfig:
-        """The configuration in force (a copy is safe to edit and pass to :meth:`reload`)."""
+        """The configuration in force (immutable: ``model_copy(update=...)`` makes a changed copy).
+
+        Pass the changed copy to :meth:`reload`.
+        """
         return self._state.config
 
     # -- calls ---------------------------------------------------------------------------
