@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, overload
 
 from ._display import StatsTable, stats_html
-from ._redact import get_logger
+from ._redact import get_logger, redact_url
 from .chain import Chain, Fleet
 from .clock import SYSTEM_CLOCK, Clock
 from .config import ClientConfig, LimitsConfig, ProviderConfig
@@ -548,7 +548,8 @@ class Client:
 
     def _repr_html_(self) -> str:
         status = "closed" if self._closed else "open"
-        title = f"ratelimit_sdk.Client ({status}, backend {self._state.config.backend})"
+        backend = redact_url(self._state.config.backend)
+        title = f"ratelimit_sdk.Client ({status}, backend {backend})"
         return stats_html(self.stats().values(), title)
 
     def guard(self, provider: str) -> Guard:
@@ -585,7 +586,8 @@ class Client:
                 f"breaker={guard.breaker.state})"
             )
         status = "closed" if self._closed else "open"
-        return f"<Client {status} backend={state.config.backend!r} {' '.join(parts)}>"
+        backend = redact_url(state.config.backend)
+        return f"<Client {status} backend={backend!r} {' '.join(parts)}>"
 
 
 def _same_endpoint(old: ProviderConfig, new: ProviderConfig) -> bool:

@@ -48,6 +48,7 @@ from pydantic import (
 )
 from typing_extensions import Self
 
+from ._redact import redact, redact_url
 from .errors import ConfigError
 
 __all__ = [
@@ -353,6 +354,9 @@ class ProviderConfig(_Model):
 class ClientConfig(_Model):
     """The whole client: providers, named chains, pools and the limiter backend.
 
+    ``repr``/``str`` show a ``backend`` URL with its password masked
+    (``redis://:***@host:6379/0``).
+
     Immutable, like every config model: ``providers`` is a tuple, ``chains`` and
     ``pools`` are read-only mappings (each chain a tuple of names). To change
     something, make a copy and reload it::
@@ -361,7 +365,7 @@ class ClientConfig(_Model):
         client.reload(cfg)
     """
 
-    providers: tuple[ProviderConfig, ...] = Field(min_length=1)
+    providers: tuple[ProviderConfig, ...] = Field(description="At least one provider.")
     chains: Annotated[Mapping[str, tuple[str, ...]], AfterValidator(_freeze)] = Field(
         default_factory=FrozenDict,
         description='Named fallback chains; "default" is all providers by priority if absent.',
@@ -386,6 +390,11 @@ class ClientConfig(_Model):
         default=30.0, gt=0, description="Redis: seconds before a crashed holder's permit returns."
     )
 
+    def __repr_args__(self) -> Any:
+        # repr() and str() of the config: the backend URL's password masked.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "backend" and isinstance(value, str) else value
+
     @field_serializer("providers", "chains", mode="wrap")
     def _dump_mutable(self, value: Any, handler: Any) -> Any:
         # A dump is the caller's own plain data: lists and dicts, free to edit and load.
@@ -395,6 +404,14 @@ class ClientConfig(_Model):
         if isinstance(dumped, Mapping):
             return {k: list(v) if isinstance(v, tuple) else v for k, v in dumped.items()}
         return dumped
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _check_some_providers(cls, value: Any) -> Any:
+        # Before validation, so a list whose only provider is invalid reports just that.
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("needs at least one provider (got an empty list)")
+        return value
 
     @field_validator("backend")
     @classmethod
@@ -647,24 +664,12 @@ def _show_input(loc: tuple[Any, ...], value: Any, error_type: str) -> str:
         return ""
     if isinstance(value, (Mapping, list, tuple, set)):
         return " (got an empty one)" if not value else ""
-    if isinstance(value, str) and "@" in value:
-        value = _strip_userinfo(value)
+    if isinstance(value, str):
+        value = redact(redact_url(value))
     text = repr(value)
     if len(text) > 80:
         text = text[:77] + "..."
     return f" (got {text})"
-
-
-def _strip_userinfo(url: str) -> str:
-    """``https://user:pass@host/x`` -> ``https://***@host/x``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if not parts.netloc or "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"***@{host}").geturl()
 
 
 def translate_validation_error(
