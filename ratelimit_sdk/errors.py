@@ -138,7 +138,9 @@ class ProviderError(RateLimitSDKError):
 
     Attributes: ``provider`` (name), ``status`` (HTTP status or ``None`` when no
     answer came), ``code`` (the provider's own error code or type, if any),
-    ``retry_after`` (seconds the provider asked us to wait, if any).
+    ``retry_after`` (seconds the provider asked us to wait, if any), ``reason``
+    (the cause in a few words, when known: ``"connection refused"``,
+    ``"read timeout after 5.0 s"``; ``None`` otherwise).
     Whether it is worth retrying depends on the subclass; a plain
     ``ProviderError`` (5xx, malformed body, 401) is retried by the chain.
     """
@@ -151,14 +153,21 @@ class ProviderError(RateLimitSDKError):
         status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(
-            message, provider=provider, status=status, code=code, retry_after=retry_after
+            message,
+            provider=provider,
+            status=status,
+            code=code,
+            retry_after=retry_after,
+            reason=reason,
         )
         self.provider = provider
         self.status = status
         self.code = code
         self.retry_after = retry_after
+        self.reason = reason
 
 
 class RateLimitedError(ProviderError):
