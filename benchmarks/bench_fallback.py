@@ -92,10 +92,10 @@ def fleet_shapes() -> dict[str, Shape]:
     }
 
 
-def time_call(client: Client, **kwargs: Any) -> tuple[float, Any]:
-    """Seconds ``client.chat(MESSAGES, **kwargs)`` took, and its response."""
+def time_call(client: Client, preferred_model: str | None = None) -> tuple[float, Any]:
+    """Seconds ``client.chat(MESSAGES, preferred_model=...)`` took, and its response."""
     start = time.perf_counter()
-    response = client.chat(MESSAGES, **kwargs)
+    response = client.chat(MESSAGES, preferred_model=preferred_model)
     return time.perf_counter() - start, response
 
 
