@@ -11,7 +11,7 @@ The fake providers run in a child process (see ``_common.RemoteFleet``).
    connections are warmed first. Target: the median extra under 50 ms (the
    seed's backoff-then-fallback loop took about 3 s, LiteLLM's router with 2
    retries about 90 s). Also timed: the next call, while the primary cools down.
-2. Makespan of a batch over four fakes shaped like DESIGN.md section 4's
+2. Makespan of a batch over four fakes shaped like the seed's
    presets (Kimi: 1 in flight, 1 s apart, 4/min; GLM: 10 in flight, 0.1 s
    apart; Llama and Dolphin: 5 in flight, 0.2 s apart, 20/min), time scaled
    down 10x (rates x10, intervals and latencies /10), server limits equal to the
@@ -40,7 +40,7 @@ SECONDARY_LATENCY = 0.02
 
 SCALE = 10.0  # time runs this many times faster than in the presets
 #: name -> (priority, max_concurrent, min_interval s, requests_per_minute, latency s,
-#:          retries, base delay s), real-time figures from DESIGN.md section 4 (latency: ours).
+#:          retries, base delay s), real-time figures of the seed presets (latency: ours).
 PRESETS: dict[str, tuple[int, int, float, float | None, float, int, float]] = {
     "kimi": (1, 1, 1.0, 4.0, 4.0, 2, 5.0),
     "glm": (2, 10, 0.1, None, 3.0, 3, 2.0),
@@ -92,10 +92,10 @@ def fleet_shapes() -> dict[str, Shape]:
     }
 
 
-def time_call(client: Client, **kwargs: Any) -> tuple[float, Any]:
-    """Seconds ``client.chat(MESSAGES, **kwargs)`` took, and its response."""
+def time_call(client: Client, preferred_model: str | None = None) -> tuple[float, Any]:
+    """Seconds ``client.chat(MESSAGES, preferred_model=...)`` took, and its response."""
     start = time.perf_counter()
-    response = client.chat(MESSAGES, **kwargs)
+    response = client.chat(MESSAGES, preferred_model=preferred_model)
     return time.perf_counter() - start, response
 
 

@@ -418,10 +418,6 @@ class Chain:
 
 
 def _failure_message(attempts: list[Attempt]) -> str:
-    if not attempts:
-        return "all providers failed: the deadline passed before any attempt"
-    parts = []
-    for attempt in attempts[-8:]:
-        parts.append(f"{attempt.provider}: {attempt.outcome.value}")
-    more = f" (+{len(attempts) - 8} earlier)" if len(attempts) > 8 else ""
-    return f"all providers failed after {len(attempts)} attempts{more}: " + "; ".join(parts)
+    from ._failure import failure_message  # the leaf that words it (chain.py imports it here)
+
+    return failure_message(attempts)

@@ -24,7 +24,7 @@ import sys
 from collections.abc import Sequence
 from typing import TextIO
 
-from ._redact import redact
+from ._redact import redact, redact_url
 from .config import ClientConfig, LimitsConfig, ProviderConfig
 from .errors import (
     AllProvidersFailed,
@@ -221,7 +221,7 @@ def _check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     missing = _missing_keys(config)
     print(f"{args.file}: valid", file=out)
     print(
-        f"backend: {config.backend}   timeout: {config.timeout:g}s   "
+        f"backend: {redact_url(config.backend)}   timeout: {config.timeout:g}s   "
         f"fallback: {'on' if config.use_fallback else 'off (first provider only)'}",
         file=out,
     )

@@ -18,8 +18,10 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Literal, ParamSpec, TypeVar, overload
 
+from typing_extensions import Unpack
+
 from ._display import StatsTable, stats_html
-from ._redact import get_logger
+from ._redact import get_logger, redact_url
 from .chain import Chain, Fleet
 from .clock import SYSTEM_CLOCK, Clock
 from .config import ClientConfig, LimitsConfig, ProviderConfig
@@ -30,7 +32,14 @@ from .errors import (
 )
 from .guard import Guard, build_guards
 from .hooks import HookFn, Hooks
-from .models import ChatRequest, ChatResponse, ProviderStats
+from .models import (
+    CHAT_PARAMS,
+    ChatParams,
+    ChatRequest,
+    ChatResponse,
+    ProviderStats,
+    check_keywords,
+)
 from .stream import ChatStream, finished_stream
 
 if TYPE_CHECKING:  # typing only: the client never drives a limiter itself
@@ -226,7 +235,10 @@ class Client:
 
     @property
     def config(self) -> ClientConfig:
-        """The configuration in force (a copy is safe to edit and pass to :meth:`reload`)."""
+        """The configuration in force (immutable: ``model_copy(update=...)`` makes a changed copy).
+
+        Pass the changed copy to :meth:`reload`.
+        """
         return self._state.config
 
     # -- calls ---------------------------------------------------------------------------
@@ -238,11 +250,9 @@ class Client:
         *,
         preferred_model: str | None = ...,
         chain: str | None = ...,
-        max_tokens: int | None = ...,
-        temperature: float | None = ...,
         timeout: float | _NotGiven | None = ...,
         stream: Literal[False] = ...,
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> ChatResponse: ...
 
     @overload
@@ -252,11 +262,9 @@ class Client:
         *,
         preferred_model: str | None = ...,
         chain: str | None = ...,
-        max_tokens: int | None = ...,
-        temperature: float | None = ...,
         timeout: float | _NotGiven | None = ...,
         stream: Literal[True],
-        **params: Any,
+        **params: Unpack[ChatParams],
     ) -> ChatStream: ...
 
     def chat(
@@ -265,8 +273,6 @@ class Client:
         *,
         preferred_model: str | None = None,
         chain: str | None = None,
-        max_tokens: int | None = None,
-        temperature: float | None = None,
         timeout: float | _NotGiven | None = NOT_GIVEN,
         stream: bool = False,
         **params: Any,
@@ -277,8 +283,15 @@ class Client:
         string is one user message). ``preferred_model`` names a provider (or its
         model) and uses only it; ``chain`` names one of ``ClientConfig.chains``.
         ``timeout`` bounds the whole call (waits, retries, fallbacks); omitted:
-        ``ClientConfig.timeout``; ``None``: no bound. Extra keyword arguments go
-        into the request body as they are.
+        ``ClientConfig.timeout``; ``None``: no bound.
+
+        The body parameters are OpenAI's, by name (:class:`~ratelimit_sdk.models.ChatParams`):
+        ``temperature``, ``top_p``, ``max_tokens``, ``stop``, ``n``, ``seed``, ``tools``,
+        ``tool_choice``, ``response_format``, ``presence_penalty``, ``frequency_penalty``,
+        ``logprobs``, ``top_logprobs``, ``user`` and the other current ones. ``None`` is
+        not sent. Any other field goes in ``extra_body={...}``, merged into the body
+        last. An unknown keyword raises ``TypeError`` naming it (and the closest
+        name), before anything is sent.
 
         ``stream=True`` returns a :class:`~ratelimit_sdk.stream.ChatStream` of text
         chunks instead; the provider's permit is held until the stream ends or is
@@ -287,16 +300,31 @@ class Client:
         Raises ``BadRequestError`` (the request itself is wrong; no fallback) or
         ``AllProvidersFailed`` (with every attempt).
         """
-        request = _make_request(messages, max_tokens, temperature, params, stream=stream)
+        check_keywords(params, CHAT_PARAMS, "chat()")
+        request = _make_request(messages, params, stream=stream)
         if stream:
             return self._run_stream(request, preferred_model, chain, timeout)
         return self._run(request, preferred_model, chain, timeout, None)
 
-    def chat_stream(self, messages: Sequence[Mapping[str, Any]] | str, **kwargs: Any) -> ChatStream:
-        """``chat(messages, stream=True, **kwargs)``: an iterator of text chunks."""
-        kwargs["stream"] = True
-        result: ChatStream = self.chat(messages, **kwargs)
-        return result
+    def chat_stream(
+        self,
+        messages: Sequence[Mapping[str, Any]] | str,
+        *,
+        preferred_model: str | None = None,
+        chain: str | None = None,
+        timeout: float | _NotGiven | None = NOT_GIVEN,
+        **params: Unpack[ChatParams],
+    ) -> ChatStream:
+        """``chat(messages, stream=True, ...)``: an iterator of text chunks."""
+        check_keywords(params, CHAT_PARAMS, "chat_stream()")
+        return self.chat(
+            messages,
+            preferred_model=preferred_model,
+            chain=chain,
+            timeout=timeout,
+            stream=True,
+            **params,
+        )
 
     def _deadline(self, state: _State, timeout: float | _NotGiven | None) -> float:
         limit = state.config.timeout if isinstance(timeout, _NotGiven) else timeout
@@ -598,7 +626,8 @@ class Client:
 
     def _repr_html_(self) -> str:
         status = "closed" if self._closed else "open"
-        title = f"ratelimit_sdk.Client ({status}, backend {self._state.config.backend})"
+        backend = redact_url(self._state.config.backend)
+        title = f"ratelimit_sdk.Client ({status}, backend {backend})"
         return stats_html(self.stats().values(), title)
 
     def guard(self, provider: str) -> Guard:
@@ -635,7 +664,8 @@ class Client:
                 f"breaker={guard.breaker.state})"
             )
         status = "closed" if self._closed else "open"
-        return f"<Client {status} backend={state.config.backend!r} {' '.join(parts)}>"
+        backend = redact_url(state.config.backend)
+        return f"<Client {status} backend={backend!r} {' '.join(parts)}>"
 
 
 def _same_endpoint(old: ProviderConfig, new: ProviderConfig) -> bool:
@@ -652,11 +682,14 @@ def _same_endpoint(old: ProviderConfig, new: ProviderConfig) -> bool:
 
 def _make_request(
     messages: Any,
-    max_tokens: int | None,
-    temperature: float | None,
     params: Mapping[str, Any],
     stream: bool = False,
 ) -> ChatRequest:
+    """A :class:`ChatRequest` from ``chat``'s arguments (names already checked).
+
+    ``None`` values are dropped; ``max_tokens`` and ``temperature`` get their own
+    fields, ``extra_body`` its own, the rest go to ``params``.
+    """
     if isinstance(messages, str):
         messages = [{"role": "user", "content": messages}]
     if not isinstance(messages, Sequence) or not messages:
@@ -666,33 +699,40 @@ def _make_request(
         if not isinstance(message, Mapping) or "role" not in message:
             raise BadRequestError(f"messages[{i}]: expected a dict with 'role' and 'content'")
         clean.append(dict(message))
+    given = {name: value for name, value in params.items() if value is not None}
+    max_tokens = given.pop("max_tokens", None)
+    temperature = given.pop("temperature", None)
+    extra_body = given.pop("extra_body", None) or {}
     if max_tokens is not None and (
         isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1
     ):
         raise BadRequestError(f"max_tokens: expected a whole number >= 1, got {max_tokens!r}")
+    if not isinstance(extra_body, Mapping):
+        raise BadRequestError(f"extra_body: expected a dict, got {type(extra_body).__name__}")
     return ChatRequest(
         messages=clean,
         max_tokens=max_tokens,
         temperature=temperature,
-        params=dict(params),
+        params=given,
         stream=stream,
+        extra_body=dict(extra_body),
     )
 
 
 _CALL_OPTIONS = ("preferred_model", "chain", "timeout")
+_ITEM_KEYS = frozenset({"messages", *_CALL_OPTIONS, *CHAT_PARAMS})
 
 
 def _item_request(item: Any) -> tuple[ChatRequest, dict[str, Any]]:
     if isinstance(item, ChatRequest):
         return item, {}
     if isinstance(item, Mapping) and "messages" in item:
+        check_keywords(item, _ITEM_KEYS, "map() item")
         kwargs = dict(item)
         extra = {k: kwargs.pop(k) for k in _CALL_OPTIONS if k in kwargs}
         messages = kwargs.pop("messages")
-        max_tokens = kwargs.pop("max_tokens", None)
-        temperature = kwargs.pop("temperature", None)
-        return _make_request(messages, max_tokens, temperature, kwargs), extra
-    return _make_request(item, None, None, {}), {}
+        return _make_request(messages, kwargs), extra
+    return _make_request(item, {}), {}
 
 
 class _Batch:

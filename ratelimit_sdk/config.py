@@ -14,6 +14,14 @@ written once (see :class:`RetryConfig`)::
 where ``n`` counts retries from 0 and ``retry_after`` is what the server asked
 for (0 when it did not say). A wait longer than ``max_delay`` ends the retries
 on that provider (the chain moves on instead).
+
+Every model is immutable (pydantic ``frozen=True``): assigning a field raises, and
+the containers it holds are immutable too (``ClientConfig.providers`` is a tuple,
+``chains``, ``pools`` and ``headers`` are :class:`FrozenDict` mappings, each chain a
+tuple). A changed configuration is a new object, made with
+``model_copy(update={...})`` (validated like the original) and handed to
+``Client.reload``; so nothing held by a running client can drift from what it
+enforces.
 """
 
 from __future__ import annotations
@@ -24,10 +32,11 @@ import re
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NoReturn, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -37,12 +46,15 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import Self
 
+from ._redact import redact, redact_url
 from .errors import ConfigError
 
 __all__ = [
     "BreakerConfig",
     "ClientConfig",
+    "FrozenDict",
     "LimitsConfig",
     "ProviderConfig",
     "RetryConfig",
@@ -58,27 +70,95 @@ _SECRET_FIELDS = frozenset({"api_key", "api_key_env", "headers"})
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
+_K = TypeVar("_K")
+_V = TypeVar("_V")
+
+
+class FrozenDict(dict[_K, _V]):
+    """A ``dict`` that refuses every change (``TypeError``); what config mappings hold.
+
+    It compares, iterates, dumps to JSON and pickles like a dict, and is hashable
+    when its values are. Build a changed one as a new mapping.
+    """
+
+    __slots__ = ()
+
+    def _immutable(self, *args: Any, **kwargs: Any) -> NoReturn:
+        raise TypeError(
+            f"{type(self).__name__} is immutable; build a new mapping and use "
+            "model_copy(update=...) on the config that holds it"
+        )
+
+    __setitem__ = _immutable
+    __delitem__ = _immutable
+    __ior__ = _immutable
+    clear = _immutable
+    pop = _immutable
+    popitem = _immutable
+    setdefault = _immutable
+    update = _immutable
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(frozenset(self.items()))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (dict(self),))
+
+    def __copy__(self) -> FrozenDict[_K, _V]:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> FrozenDict[_K, _V]:
+        import copy
+
+        return type(self)({copy.deepcopy(k, memo): copy.deepcopy(v, memo) for k, v in self.items()})
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
+def _freeze(value: Mapping[Any, Any]) -> FrozenDict[Any, Any]:
+    return value if isinstance(value, FrozenDict) else FrozenDict(value)
+
+
 class _Model(BaseModel):
     """Settings shared by every model.
 
     Unknown fields are errors (typos), numbers must be finite ("no limit" is
     spelled ``None``), and pydantic's own messages never echo an input
     (``api_key`` included) when a model is constructed directly.
+
+    Immutable (``frozen=True``): assigning a field raises pydantic's
+    ``ValidationError``. :meth:`model_copy` with ``update=`` returns a changed
+    copy, validated like a new model.
     """
 
     model_config = ConfigDict(
         extra="forbid",
-        validate_assignment=True,
-        frozen=False,
+        frozen=True,
         allow_inf_nan=False,
         hide_input_in_errors=True,
     )
+
+    def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
+        """A copy, with the fields in ``update`` changed and the result validated.
+
+        Unlike pydantic's own ``model_copy``, an ``update`` is validated (a bad value
+        raises ``ValidationError``) and converted (lists become tuples, dicts become
+        :class:`FrozenDict`), so the copy is as immutable as the original.
+        """
+        if not update:
+            return super().model_copy(deep=deep)
+        data = {name: getattr(self, name) for name in self.model_fields_set}
+        data.update(update)
+        copied = type(self).model_validate(data)
+        return copied.model_copy(deep=True) if deep else copied
 
 
 class LimitsConfig(_Model):
     """Admission limits of one provider (or of a shared pool).
 
     ``None`` means "no such limit". The token bucket starts full.
+    Immutable; change it with ``model_copy(update={...})``.
     """
 
     max_concurrent: int | None = Field(
@@ -141,6 +221,7 @@ class RetryConfig(_Model):
 
     A wait that would exceed ``max_delay`` ends the retries on this provider.
     ``max_retries=0`` means one try only.
+    Immutable; change it with ``model_copy(update={...})``.
     """
 
     max_retries: int = Field(default=2, ge=0, description="Retries after the first try.")
@@ -154,7 +235,10 @@ class RetryConfig(_Model):
 
 
 class BreakerConfig(_Model):
-    """The provider's circuit breaker (pybreaker)."""
+    """The provider's circuit breaker (pybreaker).
+
+    Immutable; change it with ``model_copy(update={...})``.
+    """
 
     fail_max: int = Field(
         default=5, ge=1, description="Consecutive failures that open the breaker."
@@ -165,7 +249,10 @@ class BreakerConfig(_Model):
 
 
 class TimeoutConfig(_Model):
-    """HTTP timeouts of one attempt, in seconds (capped by the call's remaining deadline)."""
+    """HTTP timeouts of one attempt, in seconds (capped by the call's remaining deadline).
+
+    Immutable; change it with ``model_copy(update={...})``.
+    """
 
     connect: float = Field(default=5.0, gt=0, description="Seconds to establish a connection.")
     read: float = Field(default=120.0, gt=0, description="Seconds to wait between bytes.")
@@ -178,6 +265,9 @@ class ProviderConfig(_Model):
     environment when the client starts (:meth:`resolve_api_key`); a variable
     that is named but unset is a :class:`ConfigError`. No key at all means no
     auth header (local vLLM / Ollama servers).
+
+    Immutable (``headers`` is a read-only mapping); change it with
+    ``model_copy(update={...})``, e.g. ``pc.model_copy(update={"model": "x"})``.
     """
 
     name: str = Field(min_length=1, description="Unique name, used in chains and stats.")
@@ -192,8 +282,8 @@ class ProviderConfig(_Model):
     api_key_env: str | None = Field(
         default=None, description="Name of the environment variable holding the key."
     )
-    headers: dict[str, str] = Field(
-        default_factory=dict,
+    headers: Annotated[Mapping[str, str], AfterValidator(_freeze)] = Field(
+        default_factory=FrozenDict,
         repr=False,
         description="Extra HTTP headers for every request (may hold secrets: never shown, "
         "and masked like api_key in a JSON dump).",
@@ -217,7 +307,7 @@ class ProviderConfig(_Model):
         return value.rstrip("/")
 
     @field_serializer("headers", when_used="json")
-    def _mask_headers(self, headers: dict[str, str]) -> dict[str, str]:
+    def _mask_headers(self, headers: Mapping[str, str]) -> dict[str, str]:
         return dict.fromkeys(headers, "**********")
 
     @field_validator("api_key")
@@ -262,11 +352,22 @@ class ProviderConfig(_Model):
 
 
 class ClientConfig(_Model):
-    """The whole client: providers, named chains, pools and the limiter backend."""
+    """The whole client: providers, named chains, pools and the limiter backend.
 
-    providers: list[ProviderConfig] = Field(min_length=1)
-    chains: dict[str, list[str]] = Field(
-        default_factory=dict,
+    ``repr``/``str`` show a ``backend`` URL with its password masked
+    (``redis://:***@host:6379/0``).
+
+    Immutable, like every config model: ``providers`` is a tuple, ``chains`` and
+    ``pools`` are read-only mappings (each chain a tuple of names). To change
+    something, make a copy and reload it::
+
+        cfg = client.config.model_copy(update={"timeout": 120.0})
+        client.reload(cfg)
+    """
+
+    providers: tuple[ProviderConfig, ...] = Field(description="At least one provider.")
+    chains: Annotated[Mapping[str, tuple[str, ...]], AfterValidator(_freeze)] = Field(
+        default_factory=FrozenDict,
         description='Named fallback chains; "default" is all providers by priority if absent.',
     )
     use_fallback: bool = Field(default=True, description="False: one provider, no chain.")
@@ -274,8 +375,9 @@ class ClientConfig(_Model):
     timeout: float = Field(
         default=600.0, gt=0, description="Default deadline of one whole call, seconds."
     )
-    pools: dict[str, LimitsConfig] = Field(
-        default_factory=dict, description="Account-wide budgets shared by several providers."
+    pools: Annotated[Mapping[str, LimitsConfig], AfterValidator(_freeze)] = Field(
+        default_factory=FrozenDict,
+        description="Account-wide budgets shared by several providers.",
     )
     key_prefix: str = Field(
         default="ratelimit_sdk", min_length=1, description="Redis key namespace."
@@ -287,6 +389,29 @@ class ClientConfig(_Model):
     lease_timeout: float = Field(
         default=30.0, gt=0, description="Redis: seconds before a crashed holder's permit returns."
     )
+
+    def __repr_args__(self) -> Any:
+        # repr() and str() of the config: the backend URL's password masked.
+        for name, value in super().__repr_args__():
+            yield name, redact_url(value) if name == "backend" and isinstance(value, str) else value
+
+    @field_serializer("providers", "chains", mode="wrap")
+    def _dump_mutable(self, value: Any, handler: Any) -> Any:
+        # A dump is the caller's own plain data: lists and dicts, free to edit and load.
+        dumped = handler(value)
+        if isinstance(dumped, (list, tuple)):
+            return list(dumped)
+        if isinstance(dumped, Mapping):
+            return {k: list(v) if isinstance(v, tuple) else v for k, v in dumped.items()}
+        return dumped
+
+    @field_validator("providers", mode="before")
+    @classmethod
+    def _check_some_providers(cls, value: Any) -> Any:
+        # Before validation, so a list whose only provider is invalid reports just that.
+        if isinstance(value, (list, tuple)) and not value:
+            raise ValueError("needs at least one provider (got an empty list)")
+        return value
 
     @field_validator("backend")
     @classmethod
@@ -539,24 +664,12 @@ def _show_input(loc: tuple[Any, ...], value: Any, error_type: str) -> str:
         return ""
     if isinstance(value, (Mapping, list, tuple, set)):
         return " (got an empty one)" if not value else ""
-    if isinstance(value, str) and "@" in value:
-        value = _strip_userinfo(value)
+    if isinstance(value, str):
+        value = redact(redact_url(value))
     text = repr(value)
     if len(text) > 80:
         text = text[:77] + "..."
     return f" (got {text})"
-
-
-def _strip_userinfo(url: str) -> str:
-    """``https://user:pass@host/x`` -> ``https://***@host/x``."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return "***"
-    if not parts.netloc or "@" not in parts.netloc:
-        return url
-    host = parts.netloc.rpartition("@")[2]
-    return parts._replace(netloc=f"***@{host}").geturl()
 
 
 def translate_validation_error(

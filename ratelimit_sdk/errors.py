@@ -1,4 +1,4 @@
-"""Leaf: the exception hierarchy of ratelimit_sdk. Imports nothing from the package.
+"""Leaf: the exception hierarchy of ratelimit_sdk. Imports only ``_redact`` (itself a leaf).
 
 Every error the SDK raises on purpose derives from :class:`RateLimitSDKError`.
 The tree, shaped around what the caller does next::
@@ -18,12 +18,16 @@ The tree, shaped around what the caller does next::
     └── AllProvidersFailed                every provider in the chain failed
 
 All errors pickle (``map()`` results and worker processes carry them) and none
-ever holds an API key in its message or attributes.
+ever holds an API key or a URL's password in its message or attributes: every
+message goes through :func:`~ratelimit_sdk._redact.redact_message` when the error is
+made.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from ._redact import redact_message
 
 __all__ = [
     "AcquireTimeout",
@@ -52,10 +56,12 @@ class RateLimitSDKError(Exception):
     Subclasses keep their keyword arguments in ``_kwargs`` so that pickling
     rebuilds them through ``__init__`` (an ``Exception`` otherwise pickles only
     ``args``); attributes set later (and ``add_note`` notes) travel as state.
-    ``str()`` is the message.
+    ``str()`` is the message, redacted (registered secrets, key-shaped tokens and
+    URL passwords masked).
     """
 
     def __init__(self, message: str = "", **kwargs: Any) -> None:
+        message = redact_message(message)
         super().__init__(message)
         self.message = message
         self._kwargs = kwargs
@@ -132,7 +138,9 @@ class ProviderError(RateLimitSDKError):
 
     Attributes: ``provider`` (name), ``status`` (HTTP status or ``None`` when no
     answer came), ``code`` (the provider's own error code or type, if any),
-    ``retry_after`` (seconds the provider asked us to wait, if any).
+    ``retry_after`` (seconds the provider asked us to wait, if any), ``reason``
+    (the cause in a few words, when known: ``"connection refused"``,
+    ``"read timeout after 5.0 s"``; ``None`` otherwise).
     Whether it is worth retrying depends on the subclass; a plain
     ``ProviderError`` (5xx, malformed body, 401) is retried by the chain.
     """
@@ -145,14 +153,21 @@ class ProviderError(RateLimitSDKError):
         status: int | None = None,
         code: str | None = None,
         retry_after: float | None = None,
+        reason: str | None = None,
     ) -> None:
         super().__init__(
-            message, provider=provider, status=status, code=code, retry_after=retry_after
+            message,
+            provider=provider,
+            status=status,
+            code=code,
+            retry_after=retry_after,
+            reason=reason,
         )
         self.provider = provider
         self.status = status
         self.code = code
         self.retry_after = retry_after
+        self.reason = reason
 
 
 class RateLimitedError(ProviderError):

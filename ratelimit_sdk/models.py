@@ -8,15 +8,18 @@ threads): :class:`ChatRequest` goes down the path, a provider hands back a
 
 from __future__ import annotations
 
+import difflib
 import enum
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypedDict
 
 __all__ = [
+    "CHAT_PARAMS",
     "Attempt",
     "Availability",
     "BreakerVote",
+    "ChatParams",
     "ChatRequest",
     "ChatResponse",
     "Completion",
@@ -27,6 +30,7 @@ __all__ = [
     "Reply",
     "Usage",
     "Verdict",
+    "check_keywords",
 ]
 
 
@@ -55,12 +59,72 @@ class BreakerVote(str, enum.Enum):
     IGNORE = "ignore"
 
 
+class ChatParams(TypedDict, total=False):
+    """The OpenAI chat-completion parameters ``Client.chat`` takes by name (all optional).
+
+    Each is sent under its own name in the OpenAI wire format; the Anthropic one maps
+    what it can (see :mod:`ratelimit_sdk.providers.anthropic`). ``None`` means "not
+    sent". ``extra_body`` is merged into the request body last, for any field not
+    listed here (``{"top_k": 40}``, a provider's own options).
+    """
+
+    temperature: float | None
+    top_p: float | None
+    max_tokens: int | None
+    max_completion_tokens: int | None
+    stop: str | Sequence[str] | None
+    n: int | None
+    seed: int | None
+    tools: Sequence[Mapping[str, Any]] | None
+    tool_choice: str | Mapping[str, Any] | None
+    parallel_tool_calls: bool | None
+    response_format: Mapping[str, Any] | None
+    presence_penalty: float | None
+    frequency_penalty: float | None
+    logit_bias: Mapping[str, float] | None
+    logprobs: bool | None
+    top_logprobs: int | None
+    user: str | None
+    metadata: Mapping[str, str] | None
+    reasoning_effort: str | None
+    stream_options: Mapping[str, Any] | None
+    modalities: Sequence[str] | None
+    service_tier: str | None
+    store: bool | None
+    prediction: Mapping[str, Any] | None
+    audio: Mapping[str, Any] | None
+    web_search_options: Mapping[str, Any] | None
+    extra_body: Mapping[str, Any] | None
+
+
+#: The names of :class:`ChatParams`, the body parameters ``Client.chat`` accepts.
+CHAT_PARAMS: frozenset[str] = frozenset(ChatParams.__annotations__)
+
+
+def check_keywords(given: Iterable[str], allowed: Iterable[str], where: str) -> None:
+    """Raise ``TypeError`` for the first name in ``given`` that is not in ``allowed``.
+
+    The message reads like Python's own, plus the closest allowed name when one is
+    close: ``chat() got an unexpected keyword argument 'temprature' (did you mean
+    'temperature'?)``.
+    """
+    known = set(allowed)
+    for name in given:
+        if name in known:
+            continue
+        close = difflib.get_close_matches(str(name), sorted(known), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise TypeError(f"{where} got an unexpected keyword argument {name!r}{hint}")
+
+
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     """One chat call, as the caller asked for it (wire-format neutral).
 
-    ``params`` holds any extra body fields (``top_p``, ``stop``, ``tools`` ...),
-    passed to the provider as they are.
+    ``params`` holds the other :class:`ChatParams` fields given (``top_p``, ``stop``,
+    ``tools`` ...; never ``None`` values), in OpenAI's names: the OpenAI wire format
+    sends them as they are, the Anthropic one maps them. ``extra_body`` is merged
+    into the body last, as it is, in either format.
     """
 
     messages: Sequence[Mapping[str, Any]]
@@ -68,6 +132,7 @@ class ChatRequest:
     temperature: float | None = None
     params: Mapping[str, Any] = field(default_factory=dict)
     stream: bool = False
+    extra_body: Mapping[str, Any] = field(default_factory=dict)
 
     def prompt_chars(self) -> int:
         """Characters of message text, for the token estimate."""
@@ -83,8 +148,15 @@ class ChatRequest:
         return total
 
     def estimate_tokens(self) -> int:
-        """Tokens charged before the call: prompt characters / 4 + ``max_tokens``."""
-        return self.prompt_chars() // 4 + 1 + (self.max_tokens or 0)
+        """Tokens charged before the call: prompt characters / 4 + ``max_tokens``.
+
+        ``max_completion_tokens`` stands in for ``max_tokens`` when only it is given.
+        """
+        limit = self.max_tokens
+        if limit is None:
+            other = self.params.get("max_completion_tokens")
+            limit = other if isinstance(other, int) and not isinstance(other, bool) else None
+        return self.prompt_chars() // 4 + 1 + (limit or 0)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,6 +1,6 @@
 """Helper (builds configuration, not a data-path stage): the seed's four providers as presets.
 
-The providers, limits and chains the SDK grew out of (DESIGN.md section 4), with
+The providers, limits and chains the SDK grew out of, with
 the providers' real OpenAI-compatible endpoints and the usual names of their
 API-key environment variables::
 
@@ -12,12 +12,14 @@ API-key environment variables::
     client = Client(seed_config(kimi={"limits": {"requests_per_minute": 20}}, timeout=120))
 
 ``seed_config`` returns a fresh, validated :class:`~ratelimit_sdk.config.ClientConfig`
-each call; change it freely (it is a copy). :data:`PRESETS` holds the provider
-configs themselves and must be treated as read-only.
+each call. Like every config it is immutable: derive a changed one with
+``model_copy(update={...})`` or pass overrides to ``seed_config``. :data:`PRESETS`,
+:data:`REGIONS`, :data:`CHAINS` and :data:`POOLS` are read-only all the way down;
+nothing a caller does with what they return can change a later ``seed_config()``.
 
 Where each default comes from
 -----------------------------
-Every number below is the seed's (DESIGN.md section 4, measured by the team that
+Every number below is the seed's (measured by the team that
 wrote the seed against their own accounts), checked against the providers' public
 documentation where that says anything:
 
@@ -78,23 +80,31 @@ REGIONS: Mapping[str, Mapping[str, Mapping[str, str]]] = MappingProxyType(
     {
         "international": MappingProxyType(
             {
-                "kimi": {
-                    "base_url": "https://api.moonshot.ai/v1",
-                    "api_key_env": "MOONSHOT_API_KEY",
-                },
-                "glm": {"base_url": "https://api.z.ai/api/paas/v4", "api_key_env": "ZAI_API_KEY"},
+                "kimi": MappingProxyType(
+                    {
+                        "base_url": "https://api.moonshot.ai/v1",
+                        "api_key_env": "MOONSHOT_API_KEY",
+                    }
+                ),
+                "glm": MappingProxyType(
+                    {"base_url": "https://api.z.ai/api/paas/v4", "api_key_env": "ZAI_API_KEY"}
+                ),
             }
         ),
         "china": MappingProxyType(
             {
-                "kimi": {
-                    "base_url": "https://api.moonshot.cn/v1",
-                    "api_key_env": "MOONSHOT_API_KEY",
-                },
-                "glm": {
-                    "base_url": "https://open.bigmodel.cn/api/paas/v4",
-                    "api_key_env": "ZHIPUAI_API_KEY",
-                },
+                "kimi": MappingProxyType(
+                    {
+                        "base_url": "https://api.moonshot.cn/v1",
+                        "api_key_env": "MOONSHOT_API_KEY",
+                    }
+                ),
+                "glm": MappingProxyType(
+                    {
+                        "base_url": "https://open.bigmodel.cn/api/paas/v4",
+                        "api_key_env": "ZHIPUAI_API_KEY",
+                    }
+                ),
             }
         ),
     }

@@ -226,7 +226,7 @@ def test_reconfigure_is_hot() -> None:
 
 
 def test_pybreaker_call_serializes_which_is_why_we_never_use_it() -> None:
-    """The trap DESIGN.md section 5 describes, still present in the installed pybreaker."""
+    """The known pybreaker trap, still present in the installed pybreaker."""
     cb = pybreaker.CircuitBreaker(fail_max=5, reset_timeout=30)
     barrier = threading.Barrier(2, timeout=0.5)
 

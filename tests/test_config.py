@@ -53,7 +53,7 @@ def assert_no_canary(exc: BaseException) -> None:
         assert "CANARY" not in text
 
 
-# -- defaults (DESIGN.md section 2) --------------------------------------------------
+# -- defaults ------------------------------------------------------------------------
 
 
 def test_limits_defaults() -> None:
@@ -104,7 +104,8 @@ def test_provider_defaults_are_not_shared() -> None:
     a = ProviderConfig(name="a", base_url="https://a.example", model="m")
     b = ProviderConfig(name="b", base_url="https://b.example", model="m")
     assert a.limits is not b.limits
-    a.limits.max_concurrent = 3
+    a = a.model_copy(update={"limits": a.limits.model_copy(update={"max_concurrent": 3})})
+    assert a.limits.max_concurrent == 3
     assert b.limits.max_concurrent is None
 
 

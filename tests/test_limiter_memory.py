@@ -1,4 +1,4 @@
-"""The in-memory Limiter: each guarantee of DESIGN.md section 3 / issue 2 has a test here.
+"""The in-memory Limiter: each guarantee (README, "The Limiter on its own") has a test here.
 
 Most tests use FakeClock (exact and instant). The ``threads`` tests use real
 threads with generous bounds; none asserts how fast the machine is.

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from ratelimit_sdk import Client, ClientConfig, ConfigError, ProviderConfig
 from ratelimit_sdk.presets import (
@@ -21,7 +22,7 @@ EXAMPLE = Path(__file__).resolve().parent.parent / "examples" / "providers.yaml"
 KEY_VARS = ("MOONSHOT_API_KEY", "ZAI_API_KEY", "ZHIPUAI_API_KEY", "FEATHERLESS_API_KEY")
 CANARY = "CANARY-presets-4b7e91d2"
 
-# DESIGN.md section 4, row by row:
+# The seed's numbers, row by row:
 # name, max_concurrent, min_interval, requests_per_minute, priority, retries, base delay
 SEED_TABLE = [
     ("kimi", 1, 1.0, 4.0, 1, 2, 5.0),
@@ -118,8 +119,10 @@ def test_reflexion_config_fails_fast_on_reasoning_models() -> None:
 
 def test_seed_config_returns_a_fresh_copy_each_time() -> None:
     first = seed_config()
-    first.provider("kimi").limits.max_concurrent = 7
-    first.providers[1].model = "changed"
+    with pytest.raises(ValidationError):
+        first.provider("kimi").limits.max_concurrent = 7  # type: ignore[misc]
+    with pytest.raises(ValidationError):
+        first.providers[1].model = "changed"  # type: ignore[misc]
     assert seed_config().provider("kimi").limits.max_concurrent == 1
     assert PRESETS["kimi"].limits.max_concurrent == 1
     assert PRESETS["glm"].model == "glm-4.7"
@@ -152,7 +155,7 @@ def test_only_keeps_some_providers_and_shrinks_chains_and_pools() -> None:
     assert config.chain("reflexion") == ["kimi", "glm"]
     assert config.pools == {}
     dolphin_only = seed_config(only=["dolphin"])
-    assert dolphin_only.chains == {"default": ["dolphin"]}
+    assert dolphin_only.chains == {"default": ("dolphin",)}
     assert list(dolphin_only.pools) == ["featherless"]
 
 

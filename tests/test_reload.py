@@ -1,4 +1,4 @@
-"""reload() hygiene: a replaced guard is closed once no call holds it; a reload equals a fresh Client.
+"""reload() hygiene: a replaced guard closes once no call holds it; reload equals a fresh Client.
 
 Real loopback FakeProviders; the file-descriptor count comes from ``/proc/self/fd``.
 """

@@ -53,14 +53,17 @@ NOT_JSON: Any = _NotJSON()
 def parse_json(body: bytes | str) -> Any:
     """``json.loads(body)``, or :data:`NOT_JSON` for anything that is not JSON.
 
-    Catches what hostile bodies raise: invalid JSON or encoding (``ValueError``) and
-    deep nesting (``RecursionError``).
+    Catches what decoding a hostile body raises, and only around ``json.loads``:
+    invalid JSON (``json.JSONDecodeError``), invalid encoding (``UnicodeDecodeError``),
+    an integer too long to convert (a plain ``ValueError``) and deep nesting
+    (``RecursionError``). Such a body is the provider's answer being bad, never a
+    transport error.
     """
     if not body:
         return NOT_JSON
     try:
         return json.loads(body)
-    except (ValueError, RecursionError):
+    except (json.JSONDecodeError, UnicodeDecodeError, ValueError, RecursionError):
         return NOT_JSON
 
 

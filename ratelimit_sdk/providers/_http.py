@@ -5,7 +5,8 @@ Receives a :class:`~ratelimit_sdk.models.ChatRequest` from the guard and hands b
 only :class:`~ratelimit_sdk.errors.ProviderTimeout` and
 :class:`~ratelimit_sdk.errors.ProviderConnectionError`. The providers package is the only
 place in the SDK that touches ``requests`` and ``urllib3``; their exceptions are
-translated once, in :func:`translate_error`.
+translated once, by :func:`~ratelimit_sdk.providers._translate.map_transport_errors`
+(only the HTTP stack's own exception types; a bug in our code surfaces as itself).
 
 It knows HTTP and nothing about policy: no retries (urllib3's own are off), no redirects,
 no decision about what a status means. That is ``classify``'s job.
@@ -27,6 +28,7 @@ module at call time and handed down, so patching them here changes the caps.
 from __future__ import annotations
 
 import abc
+import contextlib
 import functools
 import http.cookiejar
 import json
@@ -40,7 +42,7 @@ from urllib3.util.retry import Retry
 
 from .._redact import get_logger, mask, redact, register_secret
 from ..config import ProviderConfig
-from ..errors import BadRequestError, ConfigError, ProviderConnectionError, RateLimitSDKError
+from ..errors import BadRequestError, ConfigError, ProviderConnectionError
 from ..models import ChatRequest, Completion, ErrorBody, Reply
 from ._body import (
     NOT_JSON,
@@ -59,13 +61,19 @@ from ._sse import (
     StreamReply,
     StreamState,
 )
-from ._translate import FOREIGN_ERRORS, raise_translated, translate_error
+from ._translate import (
+    TRANSPORT_ERRORS,
+    map_transport_errors,
+    raise_translated,
+    translate_error,
+)
 
 __all__ = [
     "DEFAULT_POOL_SIZE",
     "MAX_BODY_BYTES",
     "MAX_EVENT_BYTES",
     "NOT_JSON",
+    "TRANSPORT_ERRORS",
     "HTTPProvider",
     "KeyAuth",
     "SSEEvent",
@@ -76,6 +84,7 @@ __all__ = [
     "extract_error",
     "extract_top_level_error",
     "make_excerpt",
+    "map_transport_errors",
     "parse_json",
     "raise_translated",
     "translate_error",
@@ -276,16 +285,12 @@ class HTTPProvider(abc.ABC):
         (anything else that kept an answer from arriving whole).
         """
         payload = self._encode(request, stream=False)
-        try:
+        with self._translating(connect_timeout, read_timeout):
             response = self._post(payload, connect_timeout, read_timeout, "application/json")
             try:
                 body, truncated = read_capped(response, MAX_BODY_BYTES)
             finally:
                 response.close()
-        except RateLimitSDKError:
-            raise
-        except FOREIGN_ERRORS as exc:
-            raise_translated(exc, self.name)
         return self._reply(response, body, truncated)
 
     def stream(
@@ -297,12 +302,8 @@ class HTTPProvider(abc.ABC):
         for a non-stream answer, the body).
         """
         payload = self._encode(request, stream=True)
-        try:
+        with self._translating(connect_timeout, read_timeout):
             response = self._post(payload, connect_timeout, read_timeout, "text/event-stream")
-        except RateLimitSDKError:
-            raise
-        except FOREIGN_ERRORS as exc:
-            raise_translated(exc, self.name)
         content_type = response.headers.get("content-type", "").lower()
         if 200 <= response.status_code < 300 and content_type.startswith("text/event-stream"):
             _log.debug("%s: HTTP %s, event stream", self.name, response.status_code)
@@ -314,16 +315,13 @@ class HTTPProvider(abc.ABC):
                 response=response,
                 on_event=self._on_event,
                 max_event_bytes=MAX_EVENT_BYTES,
+                read_timeout=_clamp_timeout(read_timeout),
             )
-        try:
+        with self._translating(connect_timeout, read_timeout):
             try:
                 body, truncated = read_capped(response, MAX_BODY_BYTES)
             finally:
                 response.close()
-        except RateLimitSDKError:
-            raise
-        except FOREIGN_ERRORS as exc:
-            raise_translated(exc, self.name)
         return StreamReply.finished(self.name, self._reply(response, body, truncated))
 
     def close(self) -> None:
@@ -338,6 +336,15 @@ class HTTPProvider(abc.ABC):
         )
 
     # -- plumbing -----------------------------------------------------------------------
+
+    def _translating(
+        self, connect_timeout: float, read_timeout: float
+    ) -> contextlib.AbstractContextManager[None]:
+        return map_transport_errors(
+            self.name,
+            connect_timeout=_clamp_timeout(connect_timeout),
+            read_timeout=_clamp_timeout(read_timeout),
+        )
 
     def _encode(self, request: ChatRequest, *, stream: bool) -> bytes:
         body = self._body(request, stream=stream)

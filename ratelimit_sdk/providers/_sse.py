@@ -23,7 +23,12 @@ from .._redact import get_logger
 from ..errors import ProviderConnectionError, RateLimitSDKError
 from ..models import Completion, ErrorBody, Reply, Usage
 from ._body import READ_CHUNK
-from ._translate import FOREIGN_ERRORS, raise_translated
+from ._translate import TRANSPORT_ERRORS, map_transport_errors
+
+#: What closing a response whose socket is broken may raise (logged, then ignored).
+_CLOSE_ERRORS: tuple[type[BaseException], ...] = (*TRANSPORT_ERRORS, OSError)
+#: What a read may raise once the consumer closed the response under it (ends the stream).
+_CLOSED_READ_ERRORS: tuple[type[BaseException], ...] = (*TRANSPORT_ERRORS, OSError, ValueError)
 
 __all__ = [
     "MAX_EVENT_BYTES",
@@ -161,7 +166,8 @@ class StreamReply:
     thread iterates; :meth:`close` may come from another thread and ends the iteration.
 
     ``max_event_bytes`` caps each line and event payload, as :class:`SSEParser`'s
-    ``max_bytes`` does (``None``: :data:`MAX_EVENT_BYTES`).
+    ``max_bytes`` does (``None``: :data:`MAX_EVENT_BYTES`). ``read_timeout`` (seconds,
+    if known) only words the message of a timeout.
     """
 
     def __init__(
@@ -175,8 +181,10 @@ class StreamReply:
         response: requests.Response | None = None,
         on_event: EventHandler | None = None,
         max_event_bytes: int | None = None,
+        read_timeout: float | None = None,
     ) -> None:
         self.provider = provider
+        self._read_timeout = read_timeout
         self.status = status
         self.headers = headers
         self.elapsed = elapsed
@@ -300,10 +308,13 @@ class StreamReply:
             raise ProviderConnectionError(
                 f"{self.provider}: malformed event stream ({exc})", provider=self.provider
             ) from exc
-        except FOREIGN_ERRORS as exc:
-            if self._closed:
-                return  # closed by the consumer, maybe from another thread
-            raise_translated(exc, self.provider)
+        except Exception as exc:
+            if self._closed and isinstance(exc, _CLOSED_READ_ERRORS):
+                # Closed by the consumer, maybe from another thread: a read on a closed
+                # response raises whatever the socket layer has at hand.
+                return
+            with map_transport_errors(self.provider, read_timeout=self._read_timeout):
+                raise
         finally:
             self.close()
 
@@ -324,7 +335,7 @@ class StreamReply:
         if response is not None:
             try:
                 response.close()
-            except FOREIGN_ERRORS as exc:  # closing a broken socket: nothing left to do
+            except _CLOSE_ERRORS as exc:  # closing a broken socket: nothing left to do
                 _log.debug("%s: error while closing a stream: %s", self.provider, exc)
 
     def __enter__(self) -> StreamReply:

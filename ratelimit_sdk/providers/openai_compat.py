@@ -5,11 +5,13 @@ APIs. Receives a :class:`~ratelimit_sdk.models.ChatRequest`, hands back a
 :class:`~ratelimit_sdk.models.Reply` or a :class:`~ratelimit_sdk.providers.StreamReply`;
 the HTTP plumbing (session, pool, caps, error translation) lives in ``_http``.
 
-Body sent: ``{model, messages, max_tokens?, temperature?, **params, stream?}``, with
-``Authorization: Bearer <key>`` only when there is a key. A success is a body whose
+Body sent: ``{model, messages, max_tokens?, temperature?, **params, **extra_body,
+stream?}`` (the chat parameters under their OpenAI names, then ``extra_body`` merged
+last, as openai-python does), with ``Authorization: Bearer <key>`` only when there is
+a key. A success is a body whose
 ``choices[0].message.content`` is a string (a list of text parts is joined); a ``null``
 content counts as ``""`` only when the message carries tool calls. For usage in a stream,
-pass ``params={"stream_options": {"include_usage": True}}`` where the server supports it.
+pass ``stream_options={"include_usage": True}`` where the server supports it.
 """
 
 from __future__ import annotations
@@ -83,6 +85,7 @@ class OpenAICompatProvider(HTTPProvider):
         if request.temperature is not None:
             body["temperature"] = request.temperature
         body.update(request.params)
+        body.update(request.extra_body)
         body.pop("stream", None)  # send() and stream() decide that, not params
         if stream:
             body["stream"] = True

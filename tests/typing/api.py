@@ -53,6 +53,32 @@ def client_usage(config: ClientConfig) -> None:
         stream: ChatStream = client.chat("hi", stream=True)
         for chunk in stream:
             print(chunk)
+        tuned: ChatResponse = client.chat(
+            [{"role": "user", "content": "hi"}],
+            temperature=0.3,
+            top_p=0.9,
+            max_tokens=100,
+            stop=["\n\n"],
+            n=1,
+            seed=7,
+            tools=[{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            tool_choice="auto",
+            response_format={"type": "json_object"},
+            presence_penalty=0.0,
+            frequency_penalty=None,
+            logprobs=False,
+            top_logprobs=None,
+            user="u-1",
+            extra_body={"top_k": 40},
+            preferred_model="kimi",
+            timeout=30.0,
+        )
+        del tuned
+        streamed: ChatStream = client.chat_stream(
+            "hi", chain="default", temperature=0.1, stream_options={"include_usage": True}
+        )
+        for chunk in streamed:
+            print(chunk)
         answers = client.map(["a", "b"], max_workers=4, progress=False)
         del answers
         for item in client.imap(["a"], ordered=True):
