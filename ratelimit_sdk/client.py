@@ -476,9 +476,7 @@ class Client:
     ) -> Generator[tuple[int, Any], None, None]:
         if not isinstance(max_workers, int) or max_workers < 1:
             raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
-        unknown = set(options) - set(_CALL_OPTIONS)
-        if unknown:
-            raise TypeError(f"map() got unexpected options: {', '.join(sorted(unknown))}")
+        check_keywords(options, _CALL_OPTIONS, "map()")
         requests = [_item_request(item) for item in items]
         batch = _Batch(self, requests, max_workers, options)
         bar = _progress_bar(len(requests), progress)

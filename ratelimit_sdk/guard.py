@@ -456,14 +456,14 @@ class Guard:
                 return adm.refusal
             if request.stream:
                 return self._attempt_stream(adm, request, deadline)
-            verdict, completion = self._send(request, deadline, adm.admitted_at)
-            return adm.record(
-                self._from_send(verdict, adm.admitted_at), completion, retry_index=retry_index
-            )
+            verdict, completion, error = self._send(request, deadline, adm.admitted_at)
+            verdict = self._from_send(verdict, adm.admitted_at)
+            return adm.record(verdict, completion, retry_index=retry_index, error=error)
 
     def _send(
         self, request: ChatRequest, deadline: float, now: float
-    ) -> tuple[Verdict, Completion | None]:
+    ) -> tuple[Verdict, Completion | None, ProviderError | None]:
+        """One request: its verdict, the completion of a success, the transport error if any."""
         left = max(0.001, deadline - now)
         timeouts = self.config.timeout
         try:
@@ -472,10 +472,10 @@ class Guard:
                 connect_timeout=min(timeouts.connect, left),
                 read_timeout=min(timeouts.read, left),
             )
-        except ProviderError as exc:
-            return classify_failure(exc), None
+        except ProviderError as exc:  # the transport's own error names its cause: keep it
+            return classify_failure(exc), None, exc
         verdict = classify(reply, now=self.clock.time())
-        return verdict, (reply.completion if verdict.outcome is Outcome.OK else None)
+        return verdict, (reply.completion if verdict.outcome is Outcome.OK else None), None
 
     def _from_send(self, verdict: Verdict, admitted: float) -> Verdict:
         """A success's "remaining 0, reset in r" counts from the send, not from now."""
@@ -499,7 +499,7 @@ class Guard:
                 read_timeout=min(timeouts.read, left),
             )
         except ProviderError as exc:
-            return adm.record(classify_failure(exc))
+            return adm.record(classify_failure(exc), error=exc)
         if stream.reply is not None:  # not a stream: an error (or whole) answer to classify
             stream.close()
             verdict = classify(stream.reply, now=self.clock.time())
@@ -511,7 +511,7 @@ class Guard:
             first = next(iter(stream), None)
         except ProviderError as exc:
             stream.close()
-            return adm.record(classify_failure(exc))
+            return adm.record(classify_failure(exc), error=exc)
         except BaseException:
             stream.close()
             raise
