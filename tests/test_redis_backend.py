@@ -265,7 +265,7 @@ def test_a_holder_that_stops_renewing_loses_its_permit_after_the_lease(
     other = make(max_concurrent=1, lease_timeout=1.0)
     t0 = time.monotonic()
     held = crashed.acquire()
-    crashed._renew_paused = True  # as if the process had died
+    crashed.leases.paused = True  # as if the process had died
     assert other.try_acquire() is None
     other.acquire(timeout=SLOW * 2).release()
     waited = time.monotonic() - t0

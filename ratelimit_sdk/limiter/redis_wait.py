@@ -1,16 +1,20 @@
 """Stage 3b (admission control), shared backend: waiting for admission across processes.
 
-Part of :mod:`.redis` (read that first). How an ``acquire`` is decided:
+Part of :mod:`.redis` (read that first). How an ``acquire`` is decided
+(:class:`Admission`):
 
-* ``_admit``: threads of this process queue locally, first come first served
-  (:mod:`._redis_wake`); while Redis is unreachable under policy ``"local"``,
-  the in-process fall-back limiter decides instead;
-* ``_lead``: the first waiter asks the acquire script until admitted. The script
-  answers "admitted", "wait this long" or "wait for a release", and keeps a
-  *ticket* for the waiter in a Redis queue ordered by arrival, so processes are
-  served in arrival order too. The leader sleeps the time the script said, or
-  until a wake-up, never longer than ``_slice``, so a lost message costs a
-  fraction of a second, not a hang;
+* :meth:`Admission.admit`: threads of this process queue locally, first come
+  first served (:class:`~.redis_wake.WaitLine`); while Redis is unreachable under
+  policy ``"local"``, the in-process fall-back limiter decides instead;
+* the leader (the first waiter) asks the acquire script until admitted. The
+  script answers "admitted", "wait this long" or "wait for a release" (with the
+  cooldown left and the breaker fields), and keeps a *ticket* for the waiter in a
+  Redis queue ordered by arrival, so processes are served in arrival order too.
+  The leader sleeps the time the script said, or until a wake-up naming its
+  ticket, never longer than the slice, so a lost message costs a fraction of a
+  second, not a hang;
+* a try (``timeout=0``, :meth:`Admission.admit` with ``wait=False``) is one call
+  and returns the refusal (:class:`Refusal`) instead of waiting;
 * if the leader gives up (timeout, cancel, close, an exception) while Redis may
   have admitted it or still holds its ticket, it gives both back.
 """
@@ -19,52 +23,95 @@ from __future__ import annotations
 
 import contextlib
 import threading
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
+from ..clock import Clock
 from ..errors import AcquireTimeout, BackendError, RequestTooLargeError
-from ._redis_leases import _RedisLeases
-from ._redis_scripts import _MAX_SLICE, _NCFG, _Down, _text
-from ._redis_wake import _Waiter
 from .base import Permit
+from .memory import MemoryLimiter
+from .redis_leases import Leases
+from .redis_scripts import MAX_SLICE, NBRK, NCFG, RedisDown, text
+from .redis_store import RedisStore
+from .redis_wake import Waiter, WaitLine
+
+__all__ = ["Admission", "Refusal"]
+
+#: Where the limit fields start in an acquire reply (after status, wait, now, cooldown,
+#: and the breaker fields).
+_CFG_AT = 4 + NBRK
 
 
-class _RedisWaiting(_RedisLeases):
-    """Admission: the local line and its leader asking Redis (a base class of RedisLimiter)."""
+@dataclass(frozen=True)
+class Refusal:
+    """Why a try was not admitted: ``wait`` seconds (None: needs a release), cooldown left."""
 
-    def _init_waiting(self) -> None:
-        """Set up this layer's state (once, from ``RedisLimiter.__init__``)."""
-        self._slice = min(_MAX_SLICE, max(0.05, self.lease_timeout / 3.0))
-        self._ticket_us = int((3.0 * self._slice + 1.0) * 1e6)  # outlives 3 missed looks
+    wait: float | None
+    cooldown: float
+
+
+class Admission:
+    """Deciding acquires for one Redis limiter: the local line's leader asking Redis.
+
+    ``pool``: the pool's store, for a pool member; ``pool_units``: a callable giving
+    the pool units each request holds now (the limiter's setting may change).
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        line: WaitLine,
+        leases: Leases,
+        *,
+        clock: Clock,
+        lease_timeout: float,
+        pool: RedisStore | None,
+        pool_units: Callable[[], int],
+        fallback: Callable[[], MemoryLimiter],
+    ) -> None:
+        self.store = store
+        self.line = line
+        self.leases = leases
+        self.clock = clock
+        self.pool = pool
+        self.pool_units = pool_units
+        self.fallback = fallback
+        self.slice = min(MAX_SLICE, max(0.05, lease_timeout / 3.0))
+        self.ticket_us = int((3.0 * self.slice + 1.0) * 1e6)  # outlives 3 missed looks
         self._offset: float | None = None  # server seconds minus local monotonic seconds
 
-    def _check_request(self, units: int, tokens: int) -> None:
+    def check_request(self, units: int, tokens: int) -> None:
+        """Raise ValueError / RequestTooLargeError for a request that can never be admitted."""
         if isinstance(units, bool) or not isinstance(units, int) or units < 1:
             raise ValueError(f"units must be a whole number >= 1, got {units!r}")
         if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
             raise ValueError(f"tokens must be a whole number >= 0, got {tokens!r}")
-        mc = self._limits["max_concurrent"]
+        mc = self.store.limits["max_concurrent"]
         if mc is not None and units > mc:
             raise RequestTooLargeError(
                 f"units={units} can never be admitted: max_concurrent is {mc}"
             )
-        for lim in (self, self._pool):
-            tpm = None if lim is None else lim._limits["tokens_per_minute"]
+        for st in (self.store, self.pool):
+            tpm = None if st is None else st.limits["tokens_per_minute"]
             if tpm is not None and tokens > tpm:
                 raise RequestTooLargeError(
                     f"tokens={tokens} can never be admitted: tokens_per_minute is {tpm:g}"
                 )
 
-    def _timeout_error(self, start: float, why: str = "") -> AcquireTimeout:
+    def timeout_error(self, start: float, why: str = "") -> AcquireTimeout:
+        """The AcquireTimeout of a wait that began at ``start`` (``why``: another reason)."""
         waited = self.clock.monotonic() - start
+        key = self.store.key
         if why:
-            return AcquireTimeout(why, waited=waited, key=self.key)
+            return AcquireTimeout(why, waited=waited, key=key)
         return AcquireTimeout(
-            f"timed out after {waited:.3f}s waiting for admission to {self.key!r}",
+            f"timed out after {waited:.3f}s waiting for admission to {key!r}",
             waited=waited,
-            key=self.key,
+            key=key,
         )
 
-    def _admit(
+    def admit(
         self,
         units: int,
         tokens: int,
@@ -72,78 +119,92 @@ class _RedisWaiting(_RedisLeases):
         *,
         wait: bool,
         cancel: threading.Event | None = None,
-    ) -> Permit:
+    ) -> Permit | Refusal:
+        """A permit, or (a try only) the refusal. Raises AcquireTimeout for a wait that ends.
+
+        The fall-back limiter's refusal of a try while Redis is down is a Refusal too.
+        """
         clock = self.clock
+        line = self.line
         start = clock.monotonic()
         deadline = None if timeout is None else start + timeout
-        if self._closed:
-            raise self._timeout_error(start, "limiter is closed")
-        if self._orphans:
-            self._drain_orphans()
-        if not self._use_local():
-            w = _Waiter(start)
-            with self._lock:
-                if self._closed:
-                    raise self._timeout_error(start, "limiter is closed")
-                if not wait and self._queue:
-                    raise self._timeout_error(start)  # threads of this process wait ahead
-                self._queue.append(w)
+        if line.closed:
+            raise self.timeout_error(start, "limiter is closed")
+        if self.leases.has_orphans:
+            self.leases.drain_orphans()
+        if not self.store.use_local():
+            w = Waiter(start)
+            with line.lock:
+                if line.closed:
+                    raise self.timeout_error(start, "limiter is closed")
+                if not wait and line.queue:
+                    return Refusal(None, -1.0)  # threads of this process wait ahead
+                line.queue.append(w)
             try:
-                with self._lock:
-                    while self._queue[0] is not w:
-                        if self._closed:
-                            raise self._timeout_error(start, "limiter is closed")
+                with line.lock:
+                    while line.queue[0] is not w:
+                        if line.closed:
+                            raise self.timeout_error(start, "limiter is closed")
                         if cancel is not None and cancel.is_set():
-                            raise self._timeout_error(start, "cancelled")
+                            raise self.timeout_error(start, "cancelled")
                         now = clock.monotonic()
                         if deadline is not None and now >= deadline:
-                            raise self._timeout_error(start)
-                        clock.wait(self._cond(w), None if deadline is None else deadline - now)
-                permit = self._lead(w, units, tokens, start, deadline, wait=wait, cancel=cancel)
+                            raise self.timeout_error(start)
+                        clock.wait(line.cond(w), None if deadline is None else deadline - now)
+                got = self._lead(w, units, tokens, start, deadline, wait=wait, cancel=cancel)
             finally:
-                with self._lock:
-                    self._queue.remove(w)
-                    if self._queue:
-                        self._notify(self._queue[0])
-            if permit is not None:
-                return permit
+                with line.lock:
+                    line.queue.remove(w)
+                    if line.queue:
+                        line.notify(line.queue[0])
+            if got is not None:
+                return got
         # Redis is unreachable and the policy is "local".
-        local = self._fallback()
+        local = self.fallback()
         if not wait:
             p = local.try_acquire(units=units, tokens=tokens)
             if p is None:
-                raise self._timeout_error(start)
+                return Refusal(local.time_to_admit(units=units, tokens=tokens), -1.0)
             return p
         remaining = None if deadline is None else max(0.0, deadline - clock.monotonic())
         extra: dict[str, Any] = {} if cancel is None else {"cancel": cancel}
         return local.acquire(remaining, units=units, tokens=tokens, **extra)
 
-    def _acquire_args(self, w: _Waiter, units: int, tokens: int, wait: bool) -> list[Any]:
+    def _args(self, w: Waiter, units: int, tokens: int, wait: bool) -> list[Any]:
         offset = self._offset
         arrival = 0 if offset is None else int((w.arrival + offset) * 1e6)
         args: list[Any] = [
             w.id,
             units,
             tokens,
-            self._lease_us,
-            self._ticket_us,
+            self.leases.lease_us,
+            self.ticket_us,
             arrival,
             "w" if wait else "t",
-            *self._side_args(),
+            *self.store.side_args(),
         ]
-        if self._pool is not None:
-            args += [self._pool_units, *self._pool._side_args()]
+        if self.pool is not None:
+            args += [self.pool_units(), *self.pool.side_args()]
         return args
 
-    def _all_keys(self, n: int = 5) -> list[str]:
-        keys = list(self._keys[:n])
-        if self._pool is not None:
-            keys += self._pool._keys[:n]
+    def _keys(self) -> list[str]:
+        keys = self.store.keys.five
+        if self.pool is not None:
+            keys += self.pool.keys.five
         return keys
+
+    def _cancel_keys(self) -> list[str]:
+        keys = [self.store.keys.q, self.store.keys.qx]
+        if self.pool is not None:
+            keys += [self.pool.keys.q, self.pool.keys.qx]
+        return keys
+
+    def _channels(self) -> list[str]:
+        return self.line.channels
 
     def _lead(
         self,
-        w: _Waiter,
+        w: Waiter,
         units: int,
         tokens: int,
         start: float,
@@ -151,82 +212,78 @@ class _RedisWaiting(_RedisLeases):
         *,
         wait: bool,
         cancel: threading.Event | None,
-    ) -> Permit | None:
+    ) -> Permit | Refusal | None:
         """The first waiter of this process: ask Redis until admitted (None: go local)."""
         clock = self.clock
-        keys = self._all_keys()
+        line = self.line
+        store = self.store
+        keys = self._keys()
         queued_in_redis = False
         in_call = False
         try:
             while True:
-                with self._lock:
-                    if self._closed:
-                        raise self._timeout_error(start, "limiter is closed")
+                with line.lock:
+                    if line.closed:
+                        raise self.timeout_error(start, "limiter is closed")
                     if cancel is not None and cancel.is_set():
-                        raise self._timeout_error(start, "cancelled")
-                    gen_any, gen_cfg = self._gen_any, self._gen_cfg
-                args = self._acquire_args(w, units, tokens, wait)
+                        raise self.timeout_error(start, "cancelled")
+                    gen_any, gen_cfg = w.gen_any, w.gen_cfg
+                args = self._args(w, units, tokens, wait)
                 t0 = clock.monotonic()
                 in_call = True
                 try:
-                    reply = self._run("acquire", keys, args)
-                except _Down as exc:
+                    reply = store.run("acquire", keys, args)
+                except RedisDown as exc:
                     in_call = False
-                    self._on_down(exc, "acquiring")
+                    store.on_down(exc, "acquiring")
                     return None
                 in_call = False
                 t1 = clock.monotonic()
-                self._after_success()
+                store.after_success()
                 status = int(reply[0])
-                self._offset = float(_text(reply[2])) / 1e6 - (t0 + t1) / 2.0
-                self._absorb(reply[3 : 3 + _NCFG])
-                if self._pool is not None:
-                    self._pool._absorb(reply[3 + _NCFG : 3 + 2 * _NCFG])
+                self._offset = float(text(reply[2])) / 1e6 - (t0 + t1) / 2.0
+                store.absorb_breaker(reply[4:_CFG_AT])
+                store.absorb(reply[_CFG_AT : _CFG_AT + NCFG])
+                if self.pool is not None:
+                    self.pool.absorb(reply[_CFG_AT + NCFG : _CFG_AT + 2 * NCFG])
                 if status == 1:
-                    return self._granted(w.id, units, tokens)
+                    return self.leases.grant(w.id, units, tokens, self.pool_units())
                 queued_in_redis = wait
                 if status == -2:
                     raise RequestTooLargeError(
                         f"units={units} tokens={tokens} can never be admitted by the limits "
-                        f"now stored for {self.key!r}"
+                        f"now stored for {store.key!r}"
                     )
+                wait_s = float(text(reply[1])) / 1e6
+                if not wait:
+                    cooldown = float(text(reply[3])) / 1e6
+                    return Refusal(wait_s if status == 0 else None, cooldown)
                 now = clock.monotonic()
-                if not wait or (deadline is not None and now >= deadline):
-                    raise self._timeout_error(start)
-                if not self._listening.is_set():
-                    self._start_listener()
+                if deadline is not None and now >= deadline:
+                    raise self.timeout_error(start)
+                if not line.listening.is_set():
+                    line.start_listener()
                     limit = 1.0 if deadline is None else min(1.0, deadline - now)
-                    if self._listening.wait(limit):
+                    if line.listening.wait(limit):
                         continue  # now subscribed: look again, a wake-up may have been missed
                     now = clock.monotonic()
-                if status == 0:
-                    # Counted from when the request left: the next one then reaches Redis
-                    # about when the wait ends there (a reply's trip is not slept twice).
-                    wait_s = float(_text(reply[1])) / 1e6
-                    sleep = min(t0 + wait_s - now, self._slice)
-                else:
-                    sleep = self._slice
+                # A timed wait is counted from when the request left: the next one then
+                # reaches Redis about when the wait ends there (a reply's trip is not
+                # slept twice).
+                sleep = min(t0 + wait_s - now, self.slice) if status == 0 else self.slice
                 if deadline is not None:
                     sleep = min(sleep, deadline - now)
-                with self._lock:
+                with line.lock:
                     w.watch_cfg = status == 0
                     # A timer waits for limit changes only; a release wait for anything.
-                    missed = (
-                        (self._gen_cfg != gen_cfg) if status == 0 else (self._gen_any != gen_any)
-                    )
+                    missed = (w.gen_cfg != gen_cfg) if status == 0 else (w.gen_any != gen_any)
                     cancelled = cancel is not None and cancel.is_set()
-                    if not (missed or cancelled or self._closed) and sleep > 0:
-                        clock.wait(self._cond(w), sleep)
+                    if not (missed or cancelled or line.closed) and sleep > 0:
+                        clock.wait(line.cond(w), sleep)
         except BaseException:
             if in_call:  # we cannot know whether Redis admitted us: give back what it might hold
-                self._send_release(f"{w.id}|{units}", f"{w.id}|{self._pool_units}")
+                self.leases.send_release(f"{w.id}|{units}", f"{w.id}|{self.pool_units()}")
             if queued_in_redis or in_call:
-                with contextlib.suppress(_Down, BackendError):
-                    self._run("cancel", self._cancel_keys(), [w.id, *self._channels()])
+                with contextlib.suppress(RedisDown, BackendError):
+                    store.run("cancel", self._cancel_keys(), [w.id, *self._channels()])
             raise
-
-    def _cancel_keys(self) -> list[str]:
-        keys = [self._keys[3], self._keys[4]]
-        if self._pool is not None:
-            keys += [self._pool._keys[3], self._pool._keys[4]]
-        return keys

@@ -5,7 +5,8 @@
 --       5 ticket ttl (us), 6 arrival estimate (server us; 0: now),
 --       7 mode ('w': wait in line, 't': try, never queue), 8 spec, 9 origin, 10 channel,
 --       [11 pool units, 12 pool spec, 13 pool origin, 14 pool channel]
--- Reply: {status, wait (us), server now (us), 7 limit fields, [7 pool limit fields]}
+-- Reply: {status, wait (us), server now (us), cooldown left (us), 3 breaker fields,
+--         7 limit fields, [7 pool limit fields]}
 --   status 1: admitted (lease held); 0: wait ``wait`` us then call again;
 --   -1: wait for a wake-up (a release, or the line to move); -2: can never fit.
 --
@@ -52,7 +53,14 @@ if #KEYS > 5 then
 end
 
 local function reply(status, wait)
-  local out = {status, fmt(wait), fmt(now)}
+  local cool = cool_left(M.st, now)
+  if P and cool_left(P.st, now) > cool then
+    cool = cool_left(P.st, now)
+  end
+  local out = {status, fmt(wait), fmt(now), fmt(cool)}
+  for _, v in ipairs(breaker_reply(KEYS[1])) do
+    out[#out + 1] = v
+  end
   for _, v in ipairs(cfg_reply(M.cfg)) do
     out[#out + 1] = v
   end
@@ -161,12 +169,18 @@ take(M, id, units, tokens, now, lease_ttl)
 if P then
   take(P, id, pool_units, tokens, now, lease_ttl)
 end
+-- The line moved: its new head looks again, unless this admission filled the
+-- concurrency (then the next release wakes it; waking it now would only cost a call).
 if registered then
   leave(M)
-  wake(M.q, M.channel, 'q')
+  if not (M.cfg.mc and M.held + units >= M.cfg.mc) then
+    wake(M.q, M.channel, 'q')
+  end
   if P then
     leave(P)
-    wake(P.q, P.channel, 'q')
+    if not (P.cfg.mc and P.held + pool_units >= P.cfg.mc) then
+      wake(P.q, P.channel, 'q')
+    end
   end
 end
 return reply(1, 0)
