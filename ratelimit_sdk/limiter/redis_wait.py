@@ -140,6 +140,7 @@ class Admission:
                 if not wait and line.queue:
                     return Refusal(None, -1.0)  # threads of this process wait ahead
                 line.queue.append(w)
+            led = False
             try:
                 with line.lock:
                     while line.queue[0] is not w:
@@ -151,12 +152,16 @@ class Admission:
                         if deadline is not None and now >= deadline:
                             raise self.timeout_error(start)
                         clock.wait(line.cond(w), None if deadline is None else deadline - now)
+                led = True
                 got = self._lead(w, units, tokens, start, deadline, wait=wait, cancel=cancel)
             finally:
                 with line.lock:
                     line.queue.remove(w)
+                    orphan = w.ticketed and not led  # gave up holding a ticket it never used
                     if line.queue:
                         line.notify(line.queue[0])
+                if orphan:
+                    self._cancel([w.id])
             if got is not None:
                 return got
         # Redis is unreachable and the policy is "local".
@@ -170,17 +175,24 @@ class Admission:
         extra: dict[str, Any] = {} if cancel is None else {"cancel": cancel}
         return local.acquire(remaining, units=units, tokens=tokens, **extra)
 
-    def _args(self, w: Waiter, units: int, tokens: int, wait: bool) -> list[Any]:
+    def _server_us(self, arrival: float) -> int:
+        """A local monotonic time as server microseconds (0: not known yet)."""
         offset = self._offset
-        arrival = 0 if offset is None else int((w.arrival + offset) * 1e6)
+        return 0 if offset is None else int((arrival + offset) * 1e6)
+
+    def _args(
+        self, w: Waiter, units: int, tokens: int, wait: bool, succ: Waiter | None
+    ) -> list[Any]:
         args: list[Any] = [
             w.id,
             units,
             tokens,
             self.leases.lease_us,
             self.ticket_us,
-            arrival,
+            self._server_us(w.arrival),
             "w" if wait else "t",
+            "" if succ is None else succ.id,
+            0 if succ is None else self._server_us(succ.arrival),
             *self.store.side_args(),
         ]
         if self.pool is not None:
@@ -199,8 +211,10 @@ class Admission:
             keys += [self.pool.keys.q, self.pool.keys.qx]
         return keys
 
-    def _channels(self) -> list[str]:
-        return self.line.channels
+    def _cancel(self, ids: list[str]) -> None:
+        """Take the tickets ``ids`` out of the Redis line (best effort; never raises)."""
+        with contextlib.suppress(RedisDown, BackendError):
+            self.store.run("cancel", self._cancel_keys(), [",".join(ids), *self.line.channels])
 
     def _lead(
         self,
@@ -218,9 +232,23 @@ class Admission:
         line = self.line
         store = self.store
         keys = self._keys()
-        queued_in_redis = False
+        queued_in_redis = w.ticketed
         in_call = False
+        succ: Waiter | None = None
         try:
+            if w.ticketed:
+                # Its predecessor took its place in line: no call until a wake-up names
+                # its ticket (one may have come already), or a slice passes.
+                with line.lock:
+                    w.watch_cfg = False
+                    sleep = self.slice
+                    if deadline is not None:
+                        sleep = min(sleep, deadline - clock.monotonic())
+                    quiet = not (
+                        w.gen_any or line.closed or (cancel is not None and cancel.is_set())
+                    )
+                    if quiet and line.listening.is_set() and sleep > 0:
+                        clock.wait(line.cond(w), sleep)
             while True:
                 with line.lock:
                     if line.closed:
@@ -228,7 +256,8 @@ class Admission:
                     if cancel is not None and cancel.is_set():
                         raise self.timeout_error(start, "cancelled")
                     gen_any, gen_cfg = w.gen_any, w.gen_cfg
-                args = self._args(w, units, tokens, wait)
+                    succ = line.queue[1] if wait and len(line.queue) > 1 else None
+                args = self._args(w, units, tokens, wait, succ)
                 t0 = clock.monotonic()
                 in_call = True
                 try:
@@ -247,7 +276,15 @@ class Admission:
                 if self.pool is not None:
                     self.pool.absorb(reply[_CFG_AT + NCFG : _CFG_AT + 2 * NCFG])
                 if status == 1:
-                    return self.leases.grant(w.id, units, tokens, self.pool_units())
+                    permit = self.leases.grant(w.id, units, tokens, self.pool_units())
+                    if succ is not None:
+                        with line.lock:
+                            if succ in line.queue:
+                                succ.ticketed = True  # it cancels the ticket if it gives up
+                                succ = None
+                        if succ is not None:  # it left meanwhile: its ticket must go
+                            self._cancel([succ.id])
+                    return permit
                 queued_in_redis = wait
                 if status == -2:
                     raise RequestTooLargeError(
@@ -284,6 +321,8 @@ class Admission:
             if in_call:  # we cannot know whether Redis admitted us: give back what it might hold
                 self.leases.send_release(f"{w.id}|{units}", f"{w.id}|{self.pool_units()}")
             if queued_in_redis or in_call:
-                with contextlib.suppress(RedisDown, BackendError):
-                    store.run("cancel", self._cancel_keys(), [w.id, *self._channels()])
+                ids = [w.id]
+                if in_call and succ is not None:  # it may have been given a ticket too
+                    ids.append(succ.id)
+                self._cancel(ids)
             raise

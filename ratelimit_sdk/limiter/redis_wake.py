@@ -36,7 +36,7 @@ __all__ = ["WaitLine", "Waiter"]
 class Waiter:
     """One thread of this process waiting for admission."""
 
-    __slots__ = ("arrival", "cond", "gen_any", "gen_cfg", "id", "watch_cfg")
+    __slots__ = ("arrival", "cond", "gen_any", "gen_cfg", "id", "ticketed", "watch_cfg")
 
     def __init__(self, arrival: float) -> None:
         self.cond: threading.Condition | None = None  # made when it first has to wait
@@ -45,6 +45,7 @@ class Waiter:
         self.watch_cfg = False  # sleeping on a timer: only a limits change should wake it
         self.gen_any = 0  # wake-ups meant for it so far (it compares before it sleeps)
         self.gen_cfg = 0  # ... of them, limit changes
+        self.ticketed = False  # its predecessor took its ticket in Redis for it (lock held)
 
 
 class WaitLine:
