@@ -1,4 +1,4 @@
-"""The Limiter contract (DESIGN.md section 3), one suite run against every backend.
+"""The Limiter contract, one suite run against every backend.
 
 Each test gets ``make``: a factory of limiters on one backend (``memory``, or
 ``redis`` against the session's own redis-server, each test with its own key).

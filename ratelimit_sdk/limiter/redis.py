@@ -104,7 +104,7 @@ __all__ = [
 class RedisLimiter(Limiter):
     """Admission control shared by every process and host using the same Redis server and key.
 
-    Same limits and guarantees as the in-memory limiter (DESIGN.md section 3), held
+    Same limits and guarantees as the in-memory limiter (the Limiter contract), held
     in Redis: in-flight never exceeds ``max_concurrent`` across all processes,
     starts stay inside the token-bucket envelope, ``min_interval`` spaces them,
     and a cooldown from any process stops all of them. A holder that dies gives
