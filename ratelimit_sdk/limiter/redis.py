@@ -400,7 +400,7 @@ class RedisLimiter(Limiter):
         got = self.admission.admit(units, tokens, 0.0, wait=False)
         if not isinstance(got, Refusal):
             return got
-        if got.cooldown < 0:  # threads of this process wait ahead, or Redis is down: look
+        if got.cooldown is None:  # threads of this process wait ahead, or Redis is down: look
             return self.availability(units=units, tokens=tokens)
         if got.wait == 0.0:  # could not happen for a try; never report "now" for a refusal
             return Availability(None, cooldown=got.cooldown)

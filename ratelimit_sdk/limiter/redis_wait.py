@@ -45,10 +45,14 @@ _CFG_AT = 4 + NBRK
 
 @dataclass(frozen=True)
 class Refusal:
-    """Why a try was not admitted: ``wait`` seconds (None: needs a release), cooldown left."""
+    """Why a try was not admitted: ``wait`` seconds (None: needs a release), cooldown left.
+
+    ``cooldown`` is ``None`` when Redis was not asked (threads of this process wait
+    ahead, or it is unreachable): the caller looks again if it needs to know.
+    """
 
     wait: float | None
-    cooldown: float
+    cooldown: float | None
 
 
 class Admission:
@@ -138,7 +142,7 @@ class Admission:
                 if line.closed:
                     raise self.timeout_error(start, "limiter is closed")
                 if not wait and line.queue:
-                    return Refusal(None, -1.0)  # threads of this process wait ahead
+                    return Refusal(None, None)  # threads of this process wait ahead
                 line.queue.append(w)
             led = False
             try:
@@ -169,7 +173,7 @@ class Admission:
         if not wait:
             p = local.try_acquire(units=units, tokens=tokens)
             if p is None:
-                return Refusal(local.time_to_admit(units=units, tokens=tokens), -1.0)
+                return Refusal(local.time_to_admit(units=units, tokens=tokens), None)
             return p
         remaining = None if deadline is None else max(0.0, deadline - clock.monotonic())
         extra: dict[str, Any] = {} if cancel is None else {"cancel": cancel}
