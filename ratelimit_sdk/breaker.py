@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
 from typing import Any, Protocol
 
@@ -81,8 +81,13 @@ class BreakerCell(Protocol):
         reset_failures: bool = False,
         state: str | None = None,
         opened_at: float | None = None,
+        refresh: bool = True,
     ) -> tuple[str, float | None, int]:
-        """Write a change; the state after it."""
+        """Write a change; the state after it (``refresh=False``: not adopted yet)."""
+        ...
+
+    def refresh(self, raw: Sequence[Any]) -> None:
+        """Adopt ``(state, opened_at, failures)`` as the copy."""
         ...
 
 
@@ -105,8 +110,8 @@ class SharedBreakerStorage(pybreaker.CircuitBreakerStorage):
         self._successes = 0
 
     def _view(self) -> tuple[str, float | None, int]:
-        state, opened_at, failures = self._cell.get()
-        with self._lock:
+        with self._lock:  # the copy and the changes not in it yet, as one
+            state, opened_at, failures = self._cell.get()
             ops = [op for batch in self._sending for op in batch] + self._ops
         for kind, value in ops:
             if kind == "incr":
@@ -187,13 +192,20 @@ class SharedBreakerStorage(pybreaker.CircuitBreakerStorage):
                 state = value
             else:
                 opened_at = value
+        fields = None
         try:
-            self._cell.change(
-                add_failures=add, reset_failures=reset, state=state, opened_at=opened_at
+            fields = self._cell.change(
+                add_failures=add,
+                reset_failures=reset,
+                state=state,
+                opened_at=opened_at,
+                refresh=False,
             )
         finally:
-            with self._lock:
+            with self._lock:  # adopt the result and drop the batch at once
                 self._sending.remove(batch)
+                if fields is not None:
+                    self._cell.refresh(fields)
 
 
 def shared_storage(cell: BreakerCell, name: str) -> SharedBreakerStorage:

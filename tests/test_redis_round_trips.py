@@ -219,3 +219,19 @@ def test_the_storage_is_a_pybreaker_storage(make: Callable[..., RedisLimiter]) -
     storage = shared_storage(lim.shared_breaker_cell(), lim.key)
     assert isinstance(storage, SharedBreakerStorage)
     assert storage.state == "closed" and storage.counter == 0 and storage.opened_at is None
+
+
+def test_a_reset_and_a_failure_in_one_write_leave_one_failure(
+    make: Callable[..., RedisLimiter],
+) -> None:
+    lim = make(max_concurrent=1)
+    cell = lim.shared_breaker_cell()
+    cell.change(add_failures=3)
+    assert cell.get().failures == 3
+    cell.change(reset_failures=True, add_failures=1)
+    assert cell.get().failures == 1
+    other = make(max_concurrent=1)
+    assert other.shared_breaker_cell().get().failures == 1
+    cell.change(state="open", opened_at=1234.5)
+    wait_until(lambda: other.shared_breaker_cell().get().state == "open")
+    assert other.shared_breaker_cell().get().opened_at == 1234.5

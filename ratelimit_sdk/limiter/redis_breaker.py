@@ -68,8 +68,8 @@ class SharedBreakerCell:
         return self._fields
 
     def refresh(self, raw: Sequence[Any]) -> None:
-        """Adopt the three breaker fields of a script reply."""
-        fields = _parse(raw)
+        """Adopt the three breaker fields of a script reply (or a :class:`BreakerFields`)."""
+        fields = raw if isinstance(raw, BreakerFields) else _parse(raw)
         if fields != self._fields:
             with self._lock:
                 self._fields = fields
@@ -91,23 +91,27 @@ class SharedBreakerCell:
         reset_failures: bool = False,
         state: str | None = None,
         opened_at: float | None = None,
+        refresh: bool = True,
     ) -> BreakerFields:
         """Write a change (one script call) and return the state after it.
 
         ``add_failures``: failures to add; ``reset_failures``: set the count to 0
         first; ``state`` / ``opened_at``: the new values (``None``: keep). A state
-        change is published to the other processes. Never raises: when Redis does
-        not answer, the change applies to this process's copy only.
+        change is published to the other processes. ``refresh=False``: leave the
+        copy as it is (the caller adopts the result with :meth:`refresh` when it
+        is ready to). Never raises: when Redis does not answer, the change
+        applies to this process's copy only.
         """
         store = self._store
-        add = -1 if reset_failures and not add_failures else add_failures
         args = [
             store.keys.channel,
-            add,
+            max(0, add_failures),
             state or "",
             "" if opened_at is None else repr(float(opened_at)),
+            "1" if reset_failures else "0",
         ]
         self.writes += 1
+        raw: Any = None
         try:
             raw = store.run("breaker", [store.keys.cfg], args)
         except (RedisDown, BackendError) as exc:
@@ -115,15 +119,16 @@ class SharedBreakerCell:
                 store.note_down(exc, "sharing the breaker state")
             else:
                 LOG.warning("could not share the breaker state of %r: %s", store.key, exc)
-            with self._lock:
-                old = self._fields
-                failures = 0 if reset_failures else old.failures
-                self._fields = BreakerFields(
-                    state or old.state,
-                    old.opened_at if opened_at is None else opened_at,
-                    failures + max(0, add_failures),
-                )
-                return self._fields
-        store.after_success()
-        self.refresh(raw)
-        return self._fields
+            old = self._fields
+            failures = 0 if reset_failures else old.failures
+            fields = BreakerFields(
+                state or old.state,
+                old.opened_at if opened_at is None else opened_at,
+                failures + max(0, add_failures),
+            )
+        else:
+            store.after_success()
+            fields = _parse(raw)
+        if refresh:
+            self.refresh(fields)
+        return fields
