@@ -8,17 +8,23 @@ feeds the classified outcome in afterwards (:meth:`Breaker.record`), which
 replays it through pybreaker in microseconds. In half-open exactly one probe
 goes through; everybody else is told "open" until the probe's outcome is in.
 
-With a Redis backend the state lives in pybreaker's ``CircuitRedisStorage`` so
-every process sees one breaker per provider.
+With a Redis backend the state is shared by every process through
+:class:`SharedBreakerStorage`, a pybreaker storage over the provider limiter's
+*breaker cell* (``RedisLimiter.shared_breaker_cell()``): the state, when it
+opened and the failure count live in the limiter's own Redis keys, every limiter
+script reply refreshes this process's copy, and state changes are published on
+the limiter's channel. Reading the state (``allow()``, ``state``) never costs a
+round trip, nor does a success on a closed breaker without failures; a failure
+or a state change costs one, made after pybreaker's lock is released.
 """
 
 from __future__ import annotations
 
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 
 import pybreaker
 
@@ -26,7 +32,7 @@ from ._redact import get_logger
 from .config import BreakerConfig
 from .models import BreakerVote
 
-__all__ = ["Breaker", "Probe", "shared_storage"]
+__all__ = ["Breaker", "BreakerCell", "Probe", "SharedBreakerStorage", "shared_storage"]
 
 _log = get_logger("ratelimit_sdk.breaker")
 
@@ -56,33 +62,155 @@ class _Listener(pybreaker.CircuitBreakerListener):
             self._owner._pending.append((old, new))
 
 
-class _QuietLogger:
-    """Stands in for pybreaker's storage logger: Redis trouble at DEBUG, not a traceback.
+class BreakerCell(Protocol):
+    """What :class:`SharedBreakerStorage` needs from a shared backend (a Redis limiter's cell).
 
-    The limiter already warns once per outage; a traceback per call helps nobody.
+    ``get()`` returns ``(state, opened_at epoch seconds or None, failures)`` from a
+    local copy, without I/O; ``change(...)`` writes a change (one round trip) and
+    returns the state after it, never raising.
     """
 
-    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        _log.debug("breaker storage: " + msg, *args, exc_info=True)
+    def get(self) -> tuple[str, float | None, int]:
+        """The state as last known here (no I/O)."""
+        ...
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_log, name)
+    def change(
+        self,
+        *,
+        add_failures: int = 0,
+        reset_failures: bool = False,
+        state: str | None = None,
+        opened_at: float | None = None,
+        refresh: bool = True,
+    ) -> tuple[str, float | None, int]:
+        """Write a change; the state after it (``refresh=False``: not adopted yet)."""
+        ...
+
+    def refresh(self, raw: Sequence[Any]) -> None:
+        """Adopt ``(state, opened_at, failures)`` as the copy."""
+        ...
 
 
-def shared_storage(redis_client: Any, namespace: str) -> Any:
-    """Build pybreaker's ``CircuitRedisStorage``: one breaker state for every process.
+class SharedBreakerStorage(pybreaker.CircuitBreakerStorage):
+    """Pybreaker state read from a shared :class:`BreakerCell`'s local copy, written through it.
 
-    ``None`` (in-process state) when Redis cannot be reached right now.
+    pybreaker calls the storage while holding its lock, so writes are only noted
+    there (and seen at once by this process's reads); :meth:`flush`, called by
+    :class:`Breaker` after pybreaker returns, sends them in one round trip. Only
+    changes are written: a failure, a state change, a reset of a non-zero count.
+    The half-open success counter is this process's own.
     """
-    try:
-        storage = pybreaker.CircuitRedisStorage(
-            pybreaker.STATE_CLOSED, redis_client, namespace=namespace
-        )
-    except Exception as exc:  # redis errors: the breaker works locally instead
-        _log.warning("breaker %s: Redis unreachable (%s); using in-process state", namespace, exc)
-        return None
-    storage.logger = _QuietLogger()  # type: ignore[assignment]
-    return storage
+
+    def __init__(self, cell: BreakerCell, name: str) -> None:
+        super().__init__(name)
+        self._cell = cell
+        self._lock = threading.Lock()
+        self._ops: list[tuple[str, Any]] = []  # noted, not sent yet
+        self._sending: list[list[tuple[str, Any]]] = []  # sent, reply not in yet
+        self._successes = 0
+
+    def _view(self) -> tuple[str, float | None, int]:
+        with self._lock:  # the copy and the changes not in it yet, as one
+            state, opened_at, failures = self._cell.get()
+            ops = [op for batch in self._sending for op in batch] + self._ops
+        for kind, value in ops:
+            if kind == "incr":
+                failures += 1
+            elif kind == "reset":
+                failures = 0
+            elif kind == "state":
+                state = value
+            else:
+                opened_at = value
+        return state, opened_at, failures
+
+    def _note(self, kind: str, value: Any = None) -> None:
+        with self._lock:
+            self._ops.append((kind, value))
+
+    @property
+    def state(self) -> str:
+        """The breaker state (``closed``, ``open``, ``half-open``), as known here."""
+        return self._view()[0]
+
+    @state.setter
+    def state(self, state: str) -> None:
+        if state != self._view()[0]:
+            self._note("state", state)
+
+    def increment_counter(self) -> None:
+        """Count one more consecutive failure (shared)."""
+        self._note("incr")
+
+    def reset_counter(self) -> None:
+        """Forget the failures (a write only when there are some)."""
+        if self._view()[2]:
+            self._note("reset")
+
+    def increment_success_counter(self) -> None:
+        """Count one more success in half-open (this process's own)."""
+        self._successes += 1
+
+    def reset_success_counter(self) -> None:
+        """Forget the half-open successes."""
+        self._successes = 0
+
+    @property
+    def counter(self) -> int:
+        """Consecutive failures, shared by every process."""
+        return self._view()[2]
+
+    @property
+    def success_counter(self) -> int:
+        """Half-open successes of this process."""
+        return self._successes
+
+    @property
+    def opened_at(self) -> datetime | None:
+        """When the breaker last opened (UTC)."""
+        stamp = self._view()[1]
+        return None if stamp is None else datetime.fromtimestamp(stamp, timezone.utc)
+
+    @opened_at.setter
+    def opened_at(self, value: datetime) -> None:
+        self._note("opened", value.timestamp())
+
+    def flush(self) -> None:
+        """Send the changes noted so far (one round trip; nothing to send: none)."""
+        with self._lock:
+            if not self._ops:
+                return
+            batch, self._ops = self._ops, []
+            self._sending.append(batch)
+        add, reset, state, opened_at = 0, False, None, None
+        for kind, value in batch:
+            if kind == "incr":
+                add += 1
+            elif kind == "reset":
+                add, reset = 0, True
+            elif kind == "state":
+                state = value
+            else:
+                opened_at = value
+        fields = None
+        try:
+            fields = self._cell.change(
+                add_failures=add,
+                reset_failures=reset,
+                state=state,
+                opened_at=opened_at,
+                refresh=False,
+            )
+        finally:
+            with self._lock:  # adopt the result and drop the batch at once
+                self._sending.remove(batch)
+                if fields is not None:
+                    self._cell.refresh(fields)
+
+
+def shared_storage(cell: BreakerCell, name: str) -> SharedBreakerStorage:
+    """The pybreaker storage sharing breaker ``name`` through ``cell`` (see the module doc)."""
+    return SharedBreakerStorage(cell, name)
 
 
 class Probe:
@@ -167,6 +295,7 @@ class Breaker:
             self._probe_out = True
         if self._cb.current_state == pybreaker.STATE_OPEN:
             self._cb.half_open()
+        self._send()
         self._flush()
         return Probe(True)
 
@@ -183,12 +312,19 @@ class Breaker:
             if probe.is_probe:
                 with self._lock:
                     self._probe_out = False
+            self._send()
             self._flush()
 
     def reconfigure(self, config: BreakerConfig) -> None:
         """Apply new ``fail_max`` / ``reset_timeout`` (hot)."""
         self._cb.fail_max = config.fail_max
         self._cb.reset_timeout = config.reset_timeout
+
+    def _send(self) -> None:
+        """Write the state changes noted by a shared storage (outside pybreaker's lock)."""
+        storage = self._cb._state_storage
+        if isinstance(storage, SharedBreakerStorage):
+            storage.flush()
 
     def _flush(self) -> None:
         while self._pending:

@@ -895,10 +895,14 @@ def _breaker_events(hooks: Hooks) -> Callable[[str, str, str], None]:
 
 
 def _breaker_storage(config: ClientConfig, name: str, limiter: Limiter) -> Any:
-    """Pybreaker's Redis storage when the backend is Redis (one state for every process)."""
+    """The breaker storage shared through the limiter's keys when the backend is Redis.
+
+    A limiter with ``shared_breaker_cell()`` (the Redis one) keeps the provider's
+    breaker state with its own; reads cost no round trip (see :mod:`.breaker`).
+    """
     if config.backend == "memory":
         return None
-    client = getattr(limiter, "redis_client", None)
-    if client is None:
+    cell = getattr(limiter, "shared_breaker_cell", None)
+    if cell is None:
         return None
-    return shared_storage(client, f"{config.key_prefix}:breaker:{name}")
+    return shared_storage(cell(), name)

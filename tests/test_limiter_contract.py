@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import gc
 import itertools
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ import pytest
 
 from ratelimit_sdk.errors import AcquireTimeout, RequestTooLargeError
 from ratelimit_sdk.limiter import Limiter, Permit
+from ratelimit_sdk.models import Availability
 
 Make = Callable[..., Limiter]
 
@@ -380,6 +382,70 @@ def test_cooldown_extension_reaches_a_waiter_already_sleeping(make: Make) -> Non
     assert done.wait(20)
     t.join(10)
     assert waited[0] >= 0.9 * 0.4
+
+
+# -- looks: availability() and try_admit() ----------------------------------------------------
+#
+# Both backends answer alike: try_admit() admits when free; when full it returns an
+# Availability with wait None (only a release can tell); in a cooldown, wait ~= the
+# cooldown left and cooldown > 0; a closed limiter answers Availability(math.inf)
+# (never raises). availability() says the same and takes nothing.
+
+
+def test_try_admit_admits_when_free(make: Make) -> None:
+    lim = make(max_concurrent=2, requests_per_minute=600, burst=5)
+    assert lim.availability().now
+    got = lim.try_admit()
+    assert isinstance(got, Permit)
+    assert lim.in_flight == 1
+    got.release()
+    assert lim.in_flight == 0
+
+
+def test_try_admit_when_full_says_it_needs_a_release(make: Make) -> None:
+    lim = make(max_concurrent=1)
+    held = lim.acquire()
+    got = lim.try_admit()
+    assert isinstance(got, Availability)
+    assert got.wait is None and not got.now
+    assert got.cooldown == 0.0
+    look = lim.availability()
+    assert look.wait is None and look.cooldown == 0.0
+    assert lim.in_flight == 1  # nothing was taken
+    held.release()
+    assert isinstance(lim.try_admit(), Permit)
+
+
+def test_try_admit_in_a_cooldown_says_when_it_ends(make: Make) -> None:
+    lim = make(max_concurrent=4)
+    lim.cooldown(3.0)
+    got = lim.try_admit()
+    assert isinstance(got, Availability)
+    assert got.wait is not None and 2.0 < got.wait <= 3.01
+    assert 2.0 < got.cooldown <= 3.01
+    assert abs(got.wait - got.cooldown) < 0.5
+    look = lim.availability()
+    assert look.wait is not None and 2.0 < look.wait <= 3.01 and look.cooldown > 0
+    assert lim.in_flight == 0
+
+
+def test_try_admit_waiting_for_a_token_says_how_long(make: Make) -> None:
+    lim = make(requests_per_minute=60, burst=1)  # one per second
+    first = lim.try_admit()
+    assert isinstance(first, Permit)
+    first.release()
+    got = lim.try_admit()
+    assert isinstance(got, Availability)
+    assert got.wait is not None and 0.0 < got.wait <= 1.01
+    assert got.cooldown == 0.0
+
+
+def test_a_closed_limiter_looks_closed_for_ever(make: Make) -> None:
+    lim = make(max_concurrent=2)
+    lim.close()
+    assert lim.availability().wait == math.inf
+    got = lim.try_admit()
+    assert isinstance(got, Availability) and got.wait == math.inf
 
 
 # -- fairness and real threads --------------------------------------------------------------

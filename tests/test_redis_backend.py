@@ -265,7 +265,7 @@ def test_a_holder_that_stops_renewing_loses_its_permit_after_the_lease(
     other = make(max_concurrent=1, lease_timeout=1.0)
     t0 = time.monotonic()
     held = crashed.acquire()
-    crashed._renew_paused = True  # as if the process had died
+    crashed.leases.paused = True  # as if the process had died
     assert other.try_acquire() is None
     other.acquire(timeout=SLOW * 2).release()
     waited = time.monotonic() - t0
@@ -570,3 +570,37 @@ def test_built_from_limits_config_as_the_client_does(redis_url: str, redis_key: 
     with lim.acquire(timeout=SLOW):
         pass
     lim.close()
+
+
+def test_waiters_that_time_out_leave_no_ticket_behind(
+    make: Callable[..., RedisLimiter], raw: Any, redis_key: str
+) -> None:
+    # Successors get their ticket from their predecessor's call; whoever gives up
+    # (timeouts here, while queued locally or leading) must take it out again.
+    a, b = make(max_concurrent=1), make(max_concurrent=1)
+    errors: list[BaseException] = []
+    admitted = [0]
+
+    def worker(lim: RedisLimiter, i: int) -> None:
+        for j in range(6):
+            try:
+                with lim.acquire(timeout=0.02 + 0.01 * ((i + j) % 4)):
+                    admitted[0] += 1
+                    time.sleep(0.01)
+            except AcquireTimeout:
+                pass
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(lim, i)) for lim in (a, b) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors
+    assert admitted[0] > 0
+    assert a.queued == 0 and b.queued == 0 and a.in_flight == 0 and b.in_flight == 0
+    base = f"ratelimit_sdk:{{{redis_key}}}"
+    assert raw.zcard(f"{base}:q") == 0 and raw.zcard(f"{base}:qx") == 0
+    assert raw.zcard(f"{base}:leases") == 0
+    assert a.try_acquire() is not None  # nobody is left in line

@@ -1,12 +1,17 @@
 """Stage 3b (admission control): the ``Limiter`` interface and the ``Permit`` it hands out.
 
-``Limiter(...)`` picks its backend from ``backend=``: ``"memory"`` (this process,
-:mod:`.memory`) or ``"redis://host:port/db"`` (every process sharing the Redis
-server, :mod:`.redis`). Both honour the same guarantees (DESIGN.md section 3).
+``Limiter(...)`` picks its backend from ``backend=`` through a registry keyed by
+URL scheme (as the ``limits`` library's ``storage_from_string`` does): ``"memory"``
+(this process, :mod:`.memory`) or ``"redis://host:port/db"`` (every process sharing
+the Redis server, :mod:`.redis`). Backends register themselves with
+:func:`register_backend` (``limiter/__init__.py`` registers the two built-in ones);
+this module imports none of them. ``Limiter`` is abstract: a backend that misses
+one of its abstract methods fails at construction with ``TypeError``.
 """
 
 from __future__ import annotations
 
+import abc
 import contextlib
 import importlib
 import math
@@ -18,7 +23,15 @@ from ..clock import Clock
 from ..errors import ConfigError
 from ..models import AVAILABLE_NOW, Availability, LimiterSnapshot
 
-__all__ = ["Limiter", "Permit", "backend_class", "check_limits", "from_backend"]
+__all__ = [
+    "Limiter",
+    "Permit",
+    "backend_class",
+    "backend_schemes",
+    "check_limits",
+    "from_backend",
+    "register_backend",
+]
 
 _LIMIT_FIELDS = (
     "max_concurrent",
@@ -73,28 +86,57 @@ def check_pool_units(value: object, pool_max: int | None) -> int:
     return value
 
 
+#: scheme -> the backend class, or ``"module:Class"`` imported on first use.
+_BACKENDS: dict[str, type[Limiter] | str] = {}
+_BACKENDS_LOCK = threading.Lock()
+
+
+def _scheme(backend: str) -> str:
+    """``"redis"`` for ``"redis://host/0"``; a bare name (``"memory"``) is its own scheme."""
+    return backend.split("://", 1)[0].lower() if "://" in backend else backend.lower()
+
+
+def register_backend(schemes: str | tuple[str, ...], target: type[Limiter] | str) -> None:
+    """Make ``Limiter(backend="<scheme>://...")`` build ``target``.
+
+    ``target``: a :class:`Limiter` subclass, or ``"package.module:Class"`` imported
+    when first needed (so an optional dependency is imported only when used).
+    A scheme registered again is replaced.
+    """
+    names = (schemes,) if isinstance(schemes, str) else schemes
+    with _BACKENDS_LOCK:
+        for name in names:
+            _BACKENDS[_scheme(name)] = target
+
+
+def backend_schemes() -> tuple[str, ...]:
+    """The registered schemes, sorted."""
+    return tuple(sorted(_BACKENDS))
+
+
 def backend_class(backend: str) -> type[Limiter]:
-    """The limiter class for ``backend``: ``"memory"`` or a ``redis://`` URL."""
-    if backend in ("memory", "memory://"):
-        module = importlib.import_module(".memory", __package__)
-        memory: type[Limiter] = module.MemoryLimiter
-        return memory
-    if backend.startswith(("redis://", "rediss://", "unix://")):
-        module = importlib.import_module(".redis", __package__)
-        shared: type[Limiter] = module.RedisLimiter
-        return shared
-    raise ConfigError(
-        f'backend: must be "memory" or a redis:// URL (got {backend!r})', field="backend"
-    )
+    """The limiter class registered for ``backend``'s scheme (``"memory"``, ``redis://...``)."""
+    target = _BACKENDS.get(_scheme(backend)) if isinstance(backend, str) else None
+    if target is None:
+        known = ", ".join(f"{s}://" for s in backend_schemes())
+        raise ConfigError(
+            f'backend: must be "memory" or a URL with a known scheme ({known}); got {backend!r}',
+            field="backend",
+        )
+    if isinstance(target, str):
+        module_name, _, attr = target.partition(":")
+        cls: type[Limiter] = getattr(importlib.import_module(module_name), attr)
+        with _BACKENDS_LOCK:
+            for name, value in list(_BACKENDS.items()):
+                if value == target:
+                    _BACKENDS[name] = cls
+        return cls
+    return target
 
 
 def from_backend(backend: str = "memory", **kwargs: Any) -> Limiter:
     """Build the limiter for ``backend`` with ``kwargs`` (what ``Limiter(...)`` does)."""
     return backend_class(backend)(backend=backend, **kwargs)
-
-
-def _unimplemented(limiter: object, method: str) -> TypeError:
-    return TypeError(f"{type(limiter).__name__} does not implement Limiter.{method}()")
 
 
 class Permit:
@@ -163,7 +205,7 @@ class Permit:
         return f"<Permit units={self.units} tokens={self.tokens} {state}>"
 
 
-class Limiter:
+class Limiter(abc.ABC):
     """Admission control for one provider (or any API): concurrency, rate, spacing, cooldown.
 
     ``Limiter(max_concurrent=4, requests_per_minute=600, burst=5, min_interval=0.0,
@@ -173,6 +215,11 @@ class Limiter:
 
     Thread-safe: one limiter is meant to be shared by every thread that calls the
     same API. Waiting is first come, first served, and bounded by ``timeout``.
+
+    Abstract: each backend implements the ``@abstractmethod`` members (a backend
+    missing one cannot be built: ``TypeError``). The looks (:meth:`availability`,
+    :meth:`try_admit`, ...) have defaults built on :meth:`snapshot` and
+    :meth:`try_acquire`; a shared backend overrides them to answer in one round trip.
     """
 
     def __new__(cls, *args: Any, backend: str = "memory", **kwargs: Any) -> Limiter:
@@ -185,6 +232,7 @@ class Limiter:
 
     # -- admission --------------------------------------------------------------------
 
+    @abc.abstractmethod
     def acquire(
         self,
         timeout: float | None = None,
@@ -201,11 +249,10 @@ class Limiter:
         timeout, and RequestTooLargeError when ``units`` or ``tokens`` can never
         fit the limits.
         """
-        raise _unimplemented(self, "acquire")
 
+    @abc.abstractmethod
     def try_acquire(self, *, units: int = 1, tokens: int = 0) -> Permit | None:
         """Admit now if every limit allows it (and nobody waits ahead), else ``None``."""
-        raise _unimplemented(self, "try_acquire")
 
     def would_admit(self, *, units: int = 1, tokens: int = 0) -> bool:
         """Whether an acquire now would be admitted at once. Takes nothing; only a look.
@@ -255,7 +302,7 @@ class Limiter:
             return permit
         return self.availability(units=units, tokens=tokens)
 
-    def add_listener(self, fn: Any) -> None:
+    def add_listener(self, fn: Any) -> None:  # noqa: B027 - optional, a no-op by default
         """Call ``fn()`` after releases, where the backend can tell (default: never)."""
 
     def __call__(self, func: Any) -> Any:
@@ -271,6 +318,7 @@ class Limiter:
 
     # -- control ------------------------------------------------------------------------
 
+    @abc.abstractmethod
     def update(self, **limits: Any) -> None:
         """Change any limit while running; ``None`` removes a limit.
 
@@ -279,44 +327,47 @@ class Limiter:
         admits nobody until in-flight is under the new value; raising it admits
         waiting threads at once.
         """
-        raise _unimplemented(self, "update")
 
+    @abc.abstractmethod
     def cooldown(self, seconds: float) -> None:
         """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""
-        raise _unimplemented(self, "cooldown")
 
-    def wake_all(self) -> None:
+    def wake_all(self) -> None:  # noqa: B027 - optional, a no-op by default
         """Wake waiting threads so they re-check their cancel flags (default: nothing to do)."""
 
+    @abc.abstractmethod
     def close(self) -> None:
         """Release resources (connections); waiting threads get AcquireTimeout."""
-        raise _unimplemented(self, "close")
 
     # -- observation ----------------------------------------------------------------------
 
     @property
+    @abc.abstractmethod
     def in_flight(self) -> int:
         """Concurrency units held now (this process)."""
-        raise _unimplemented(self, "in_flight")
 
     @property
+    @abc.abstractmethod
     def queued(self) -> int:
         """Threads waiting for admission now (this process)."""
-        raise _unimplemented(self, "queued")
 
+    @abc.abstractmethod
     def cooldown_remaining(self) -> float:
         """Seconds until the current cooldown ends (0.0: none)."""
-        raise _unimplemented(self, "cooldown_remaining")
 
+    @abc.abstractmethod
     def snapshot(self) -> LimiterSnapshot:
         """A consistent view of the limits and the state."""
-        raise _unimplemented(self, "snapshot")
 
     # -- used by Permit -------------------------------------------------------------------
 
-    def _release(self, permit: Permit) -> None: ...
+    @abc.abstractmethod
+    def _release(self, permit: Permit) -> None:
+        """Give ``permit``'s units back (called once per permit, by :meth:`Permit.release`)."""
 
-    def _settle(self, permit: Permit, diff: int) -> None: ...
+    @abc.abstractmethod
+    def _settle(self, permit: Permit, diff: int) -> None:
+        """Charge ``diff`` more LLM tokens (a refund when negative) for ``permit``."""
 
     def _release_from_gc(self, permit: Permit) -> None:
         """Release a permit that was garbage-collected while held (no blocking on locks)."""

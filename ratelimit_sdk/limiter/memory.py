@@ -31,7 +31,7 @@ from typing import Any
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import AcquireTimeout, ConfigError, RequestTooLargeError
-from ..models import LimiterSnapshot
+from ..models import Availability, LimiterSnapshot
 from .base import Limiter, Permit, check_limits, check_pool_units
 from .bucket import TokenBucket
 
@@ -396,6 +396,23 @@ class MemoryLimiter(Limiter):
             return self.acquire(0.0, units=units, tokens=tokens)
         except AcquireTimeout:
             return None
+
+    def availability(self, *, units: int = 1, tokens: int = 0) -> Availability:
+        """Whether an acquire now would be admitted at once, and if not, from when.
+
+        ``wait`` None: only a release can help (full, or earlier waiters);
+        ``math.inf``: the limiter is closed. Takes nothing.
+        """
+        if self._is_closed():
+            return Availability(math.inf)
+        return super().availability(units=units, tokens=tokens)
+
+    def try_admit(self, *, units: int = 1, tokens: int = 0) -> Permit | Availability:
+        """Admit now, or say from when (``Availability(math.inf)`` once closed)."""
+        if self._is_closed():
+            self._check_request(units, tokens)
+            return Availability(math.inf)
+        return super().try_admit(units=units, tokens=tokens)
 
     def add_listener(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` after every release here (outside the lock; keep it quick)."""

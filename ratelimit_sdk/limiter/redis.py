@@ -37,15 +37,23 @@ How it works:
 ``redis`` is imported only by this module and its parts, when the first
 ``RedisLimiter`` is built.
 
-Reading order: this module holds :class:`RedisLimiter` and its public methods;
-it is built in layers, each a module of its own, bottom to top:
+Reading order: this module holds :class:`RedisLimiter` and its public methods.
+It is composed of separate objects, each in a module of its own, with small
+interfaces:
 
-* :mod:`._redis_scripts`: the Lua scripts, key naming, argument packing, defaults;
-* :mod:`._redis_core`: calling a script, the failure policy (fall back to local
-  limits, return to Redis) and this process's view of the shared limits;
-* :mod:`._redis_wake`: the local line of waiters and the pub/sub wake-ups;
-* :mod:`._redis_leases`: permits as leases, the lease renewal thread, release;
-* :mod:`._redis_wait`: waiting for admission across processes.
+* :mod:`.redis_scripts`: the Lua scripts and :class:`~.redis_scripts.Scripts`
+  (calling them, translating redis errors), defaults, argument packing;
+* :mod:`.redis_store`: :class:`~.redis_store.RedisStore`, one limiter's keys,
+  this process's view of its limits, and the outage policy (fall back to local
+  limits, return to Redis);
+* :mod:`.redis_wake`: :class:`~.redis_wake.WaitLine`, the local line of waiters
+  and the pub/sub wake-ups;
+* :mod:`.redis_leases`: :class:`~.redis_leases.Leases`, permits as leases, the
+  lease renewal thread, release;
+* :mod:`.redis_wait`: :class:`~.redis_wait.Admission`, waiting for admission
+  across processes;
+* :mod:`.redis_breaker`: :class:`~.redis_breaker.SharedBreakerCell`, the
+  provider's breaker state kept in the limiter's keys.
 """
 
 from __future__ import annotations
@@ -58,25 +66,28 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from ..clock import SYSTEM_CLOCK, Clock
-from ..errors import AcquireTimeout, ConfigError
-from ..models import LimiterSnapshot
-from ._redis_scripts import (
-    _SCRIPTS,
-    _SHORT,
+from ..errors import ConfigError
+from ..models import AVAILABLE_NOW, Availability, LimiterSnapshot
+from .base import Limiter, Permit, check_limits, check_pool_units
+from .memory import MemoryLimiter
+from .redis_breaker import SharedBreakerCell
+from .redis_leases import Leases
+from .redis_scripts import (
     DEFAULT_BACKEND_RETRY,
     DEFAULT_LEASE_TIMEOUT,
     DEFAULT_PREFIX,
     DEFAULT_SOCKET_TIMEOUT,
-    _check_options,
-    _client_from_url,
-    _Down,
-    _import_redis,
-    _num,
-    _script_source,
-    _spec,
+    SHORT_NAMES,
+    RedisDown,
+    Scripts,
+    check_options,
+    client_from_url,
+    import_redis,
+    num,
 )
-from ._redis_wait import _RedisWaiting
-from .base import Permit, check_limits, check_pool_units
+from .redis_store import LimiterKeys, RedisStore
+from .redis_wait import Admission, Refusal
+from .redis_wake import WaitLine
 
 if TYPE_CHECKING:
     import redis
@@ -90,10 +101,10 @@ __all__ = [
 ]
 
 
-class RedisLimiter(_RedisWaiting):
+class RedisLimiter(Limiter):
     """Admission control shared by every process and host using the same Redis server and key.
 
-    Same limits and guarantees as the in-memory limiter (DESIGN.md section 3), held
+    Same limits and guarantees as the in-memory limiter (the Limiter contract), held
     in Redis: in-flight never exceeds ``max_concurrent`` across all processes,
     starts stay inside the token-bucket envelope, ``min_interval`` spaces them,
     and a cooldown from any process stops all of them. A holder that dies gives
@@ -125,6 +136,11 @@ class RedisLimiter(_RedisWaiting):
     process are admitted first come, first served; across processes, in order of
     arrival (see ``docs/redis.md`` for how exact that is). No lock is held across
     a call to Redis.
+
+    Composed of: ``store`` (:class:`~.redis_store.RedisStore`: keys, limits, script
+    calls, outage policy), ``line`` (:class:`~.redis_wake.WaitLine`: local waiters,
+    wake-ups), ``leases`` (:class:`~.redis_leases.Leases`) and ``admission``
+    (:class:`~.redis_wait.Admission`).
     """
 
     def __init__(
@@ -157,71 +173,65 @@ class RedisLimiter(_RedisWaiting):
             "margin": margin,
         }
         check_limits(limits)
-        key = _check_options(
+        key = check_options(
             key, prefix, lease_timeout, socket_timeout, backend_retry, on_backend_error
         )
         if pool is not None:
             if not isinstance(pool, RedisLimiter):
                 raise ConfigError("pool: must be a Redis Limiter", field="pool")
-            if pool._pool is not None:
+            if pool.pool is not None:
                 raise ConfigError("pool: a pool cannot itself belong to a pool", field="pool")
-        redis_mod = _import_redis()
-        self._redis_error = redis_mod.exceptions.RedisError
-        self._down_errors = (
-            redis_mod.exceptions.ConnectionError,
-            redis_mod.exceptions.TimeoutError,
-            redis_mod.exceptions.ReadOnlyError,
-            redis_mod.exceptions.ClusterDownError,
-            redis_mod.exceptions.TryAgainError,
-        )
+        redis_mod = import_redis()
         self._owns_client = redis_client is None
         if redis_client is None:
-            redis_client = _client_from_url(redis_mod, backend, float(socket_timeout))
+            redis_client = client_from_url(redis_mod, backend, float(socket_timeout))
         self._client = redis_client
-        self._scripts = {
-            name: redis_client.register_script(_script_source(name)) for name in _SCRIPTS
-        }
-
-        # The core's state (declared, with what each field means, in _RedisCore); each
-        # layer above sets up its own in its _init_*().
         self.key = key
         self.prefix = prefix
         self.clock = clock if clock is not None else SYSTEM_CLOCK
         self.lease_timeout = float(lease_timeout)
-        self.on_backend_error = on_backend_error
-        self.backend_retry = float(backend_retry)
-        base = f"{prefix}:{{{key}}}"
-        self._keys = tuple(f"{base}:{part}" for part in ("cfg", "st", "leases", "q", "qx"))
-        self._channel = f"{base}:wake"
-        self._limits = {
-            "max_concurrent": None if max_concurrent is None else int(max_concurrent),
-            "requests_per_minute": requests_per_minute,
-            "burst": None if burst is None else int(burst),
-            "min_interval": float(min_interval),
-            "tokens_per_minute": tokens_per_minute,
-            "margin": float(margin),
-        }
-        self._origin = _spec(self._limits)
-        self._version = "1"
-        self._spec_text = f"1|{self._origin}"
-        self._raw_seen = ()
-        self._lock = threading.Lock()
-        self._closed = False
-        self._local = None
-        self._outage = False
-        self._degraded = False
-        self._initialized = False
-        self._probe_at = 0.0
-        self._pending = {}
-        self._pending_cool_until = None
-        self._init_wakeups()
-        self._init_leases()
-        self._init_waiting()
-
         self._pool = pool
         self._pool_units = 1
+        self._breaker_cell: SharedBreakerCell | None = None
+        keys = LimiterKeys.of(prefix, key)
+        self.store: RedisStore = RedisStore(
+            Scripts(redis_client, redis_mod, key),
+            keys,
+            key=key,
+            limits={
+                "max_concurrent": None if max_concurrent is None else int(max_concurrent),
+                "requests_per_minute": requests_per_minute,
+                "burst": None if burst is None else int(burst),
+                "min_interval": float(min_interval),
+                "tokens_per_minute": tokens_per_minute,
+                "margin": float(margin),
+            },
+            clock=self.clock,
+            on_backend_error=on_backend_error,
+            backend_retry=float(backend_retry),
+        )
+        self.store.handover = self._handover
+        channels = [keys.channel] if pool is None else [keys.channel, pool.store.keys.channel]
+        self.line = WaitLine(redis_client, channels, key)
+        self.leases: Leases = Leases(
+            self,
+            self.store,
+            self.lease_timeout,
+            pool=None if pool is None else pool.leases,
+            on_release=self._after_release,
+        )
+        self.admission = Admission(
+            self.store,
+            self.line,
+            self.leases,
+            clock=self.clock,
+            lease_timeout=self.lease_timeout,
+            pool=None if pool is None else pool.store,
+            pool_units=lambda: self._pool_units,
+            fallback=self._fallback,
+        )
         self.pool_units = pool_units
-        self._init_remote()
+        self.store.init_remote()
 
     # -- configuration ---------------------------------------------------------------
 
@@ -238,8 +248,18 @@ class RedisLimiter(_RedisWaiting):
     @pool_units.setter
     def pool_units(self, value: int) -> None:
         pool = self._pool
-        pool_max = None if pool is None else pool._limits["max_concurrent"]
+        pool_max = None if pool is None else pool.store.limits["max_concurrent"]
         self._pool_units = check_pool_units(value, pool_max)
+
+    @property
+    def on_backend_error(self) -> str:
+        """``"local"`` or ``"raise"``: what happens when Redis fails."""
+        return self.store.on_backend_error
+
+    @property
+    def backend_retry(self) -> float:
+        """Seconds between two tries of Redis while falling back to local limits."""
+        return self.store.backend_retry
 
     def update(self, **limits: Any) -> None:
         """Change limits for every process sharing this key; see :meth:`Limiter.update`.
@@ -252,29 +272,31 @@ class RedisLimiter(_RedisWaiting):
         check_limits(limits)
         if not limits:
             return
+        store = self.store
         pairs: list[str] = []
         for name, value in limits.items():
-            pairs += [_SHORT[name], _num(value)]
-        if not self._use_local():
+            pairs += [SHORT_NAMES[name], num(value)]
+        if not store.use_local():
+            k = store.keys
             try:
-                raw = self._run(
-                    "update", self._keys[:3], [self._channel, self._spec(), self._origin, *pairs]
+                raw = store.run(
+                    "update",
+                    [k.cfg, k.st, k.leases],
+                    [k.channel, store.spec(), store.origin, *pairs],
                 )
-            except _Down as exc:
-                self._on_down(exc, "updating the limits")
+            except RedisDown as exc:
+                store.on_down(exc, "updating the limits")
             else:
-                self._after_success()
-                self._absorb(raw)
+                store.after_success()
+                store.absorb(raw)
                 return
-        merged = dict(self._limits)
+        merged = dict(store.limits)
         merged.update(limits)
         merged["min_interval"] = float(merged["min_interval"])
         merged["margin"] = float(merged["margin"])
-        with self._lock:
-            self._set_limits(merged, self._version)
-            self._raw_seen = ()
-            self._pending.update(limits)
-        local = self._local
+        store.set_limits(merged, store.version)
+        store.remember_update(limits)
+        local = store.local
         if local is not None:
             local.update(**limits)
 
@@ -284,29 +306,39 @@ class RedisLimiter(_RedisWaiting):
             raise ValueError(f"cooldown seconds must be a number, got {seconds!r}")
         if seconds <= 0:
             return
-        local = self._local
+        store = self.store
+        local = store.local
         if local is not None:
             local.cooldown(seconds)
-        if not self._use_local():
+        if not store.use_local():
             try:
-                self._run("cooldown", self._keys[1:2], [repr(float(seconds))])
-            except _Down as exc:
-                self._on_down(exc, "starting a cooldown")
+                store.run("cooldown", [store.keys.st], [repr(float(seconds))])
+            except RedisDown as exc:
+                store.on_down(exc, "starting a cooldown")
             else:
-                self._after_success()
+                store.after_success()
                 return
         until = self.clock.monotonic() + seconds
         self._fallback().cooldown(seconds)
-        with self._lock:
-            if self._pending_cool_until is None or until > self._pending_cool_until:
-                self._pending_cool_until = until
+        store.remember_cooldown(until)
+
+    def _handover(self, pending: dict[str, Any], cooldown: float | None) -> None:
+        """Redis is back: write the changes made while it was down."""
+        if pending:
+            self.update(**pending)
+        if cooldown is not None:
+            self.cooldown(cooldown)
+
+    def _fallback(self) -> MemoryLimiter:
+        pool = self._pool
+        if pool is not None:
+            pool._fallback()
+        return self.store.fallback(None if pool is None else pool.store, self._pool_units)
 
     def wake_all(self) -> None:
         """Wake this process's waiting threads so they re-check their ``cancel`` events."""
-        with self._lock:
-            for w in self._queue:
-                self._notify(w)
-        local = self._local
+        self.line.wake_all()
+        local = self.store.local
         if local is not None:
             local.wake_all()
 
@@ -317,11 +349,8 @@ class RedisLimiter(_RedisWaiting):
         connections of a client built from the URL are closed; a client passed in
         is left as it is.
         """
-        with self._lock:
-            self._closed = True
-            for w in self._queue:
-                self._notify(w)
-        local = self._local
+        self.line.close()
+        local = self.store.local
         if local is not None:
             local.close()
         if self._owns_client:
@@ -340,43 +369,84 @@ class RedisLimiter(_RedisWaiting):
         tokens: int = 0,
         cancel: threading.Event | None = None,
     ) -> Permit:
-        """Block until admitted by every process's shared limits; see :meth:`Limiter.acquire`."""
-        self._check_request(units, tokens)
+        """Block until admitted by every process's shared limits; see :meth:`Limiter.acquire`.
+
+        Uncontended: one script call.
+        """
+        self.admission.check_request(units, tokens)
         if timeout is not None and not timeout >= 0:  # also rejects NaN
             raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
-        return self._admit(units, tokens, timeout, wait=timeout != 0, cancel=cancel)
+        got = self.admission.admit(units, tokens, timeout, wait=timeout != 0, cancel=cancel)
+        if isinstance(got, Refusal):
+            raise self.admission.timeout_error(self.clock.monotonic())
+        return got
 
     def try_acquire(self, *, units: int = 1, tokens: int = 0) -> Permit | None:
         """Admit now if every limit allows it and nobody waits ahead, in any process; else None."""
-        self._check_request(units, tokens)
-        try:
-            return self._admit(units, tokens, 0.0, wait=False)
-        except AcquireTimeout:
-            return None
+        self.admission.check_request(units, tokens)
+        got = self.admission.admit(units, tokens, 0.0, wait=False)
+        return None if isinstance(got, Refusal) else got
+
+    def try_admit(self, *, units: int = 1, tokens: int = 0) -> Permit | Availability:
+        """Admit now, or say from when: one script call (see :meth:`Limiter.try_admit`).
+
+        The refusal carries the wait the script computed (``None``: needs a release,
+        e.g. full or others in line) and the cooldown left. A closed limiter
+        answers ``Availability(math.inf)``.
+        """
+        self.admission.check_request(units, tokens)
+        if self.line.closed:
+            return Availability(math.inf)
+        got = self.admission.admit(units, tokens, 0.0, wait=False)
+        if not isinstance(got, Refusal):
+            return got
+        if got.cooldown is None:  # threads of this process wait ahead, or Redis is down: look
+            return self.availability(units=units, tokens=tokens)
+        if got.wait == 0.0:  # could not happen for a try; never report "now" for a refusal
+            return Availability(None, cooldown=got.cooldown)
+        return Availability(got.wait, cooldown=got.cooldown)
 
     # -- observation -----------------------------------------------------------------------
 
     @property
     def in_flight(self) -> int:
         """Concurrency units held now by this process (also while falling back)."""
-        local = self._local
-        return self._in_flight + self._member_units + (0 if local is None else local.in_flight)
+        local = self.store.local
+        held = self.leases.in_flight + self.leases.member_units
+        return held + (0 if local is None else local.in_flight)
 
     @property
     def queued(self) -> int:
         """Threads of this process waiting for admission now."""
-        local = self._local
-        return len(self._queue) + (0 if local is None else local.queued)
+        local = self.store.local
+        return len(self.line.queue) + (0 if local is None else local.queued)
 
     @property
     def redis_client(self) -> Any:
-        """The ``redis.Redis`` client this limiter uses (shared with the provider's breaker)."""
+        """The ``redis.Redis`` client this limiter uses."""
         return self._client
 
     @property
     def degraded(self) -> bool:
         """True while Redis is unreachable and this process uses its own limits."""
-        return self._degraded
+        return self.store.degraded
+
+    def shared_breaker_cell(self) -> SharedBreakerCell:
+        """The provider's breaker state kept in this limiter's keys (one cell per limiter).
+
+        Every script reply of this limiter refreshes it, and state changes are
+        published on the limiter's channel (this process listens from now on),
+        so reading it costs no round trip. See :mod:`.redis_breaker`.
+        """
+        cell = self._breaker_cell
+        if cell is None:
+            cell = SharedBreakerCell(self.store)
+            self._breaker_cell = cell
+            self.store.on_breaker_fields = cell.refresh
+            self.line.on_breaker = cell.refresh_text
+            self.line.keep_listening()
+            cell.load()
+        return cell
 
     def shared_stats(self) -> dict[str, Any]:
         """What every process sees: for ``Client.stats()``.
@@ -387,7 +457,7 @@ class RedisLimiter(_RedisWaiting):
         bucket admits now), ``llm_tokens``, ``cooldown_remaining``,
         ``next_start_in`` (seconds), ``limits_version`` and ``limits``.
         """
-        stats = self._stats()
+        stats = self.store.stats()
         if stats is None:
             snap = self._fallback().snapshot()
             return {
@@ -413,15 +483,30 @@ class RedisLimiter(_RedisWaiting):
         the processes, or waiters of any process hold the line), or the limiter is
         closed. One round trip; takes nothing, and the answer may be stale.
         """
-        if self._closed:
+        if self.line.closed:
             return None
-        stats = self._stats(units, tokens)
+        return self.availability(units=units, tokens=tokens).wait
+
+    def availability(self, *, units: int = 1, tokens: int = 0) -> Availability:
+        """Whether an acquire now would be admitted at once, and if not, from when.
+
+        One script call; takes nothing. ``wait`` None: only a release can help
+        (full, or waiters of any process hold the line); ``math.inf``: closed.
+        """
+        if self.line.closed:
+            return Availability(math.inf)
+        stats = self.store.stats(units, tokens)
         if stats is None:
-            return self._fallback().time_to_admit(units=units, tokens=tokens)
-        if self._queue or stats["waiting"]:
-            return None
+            local = self._fallback()
+            wait = local.time_to_admit(units=units, tokens=tokens)
+            return AVAILABLE_NOW if wait == 0.0 else Availability(wait, local.cooldown_remaining())
+        cooldown = float(stats["cooldown_remaining"])
+        if self.line.queue or stats["waiting"]:
+            return Availability(None, cooldown=cooldown)
         admit: float | None = stats["admit_in"]
-        return admit
+        if admit == 0.0:
+            return AVAILABLE_NOW
+        return Availability(admit, cooldown=cooldown)
 
     def would_admit(self, *, units: int = 1, tokens: int = 0) -> bool:
         """Whether an acquire now would be admitted at once, by the shared state. One round trip.
@@ -437,23 +522,22 @@ class RedisLimiter(_RedisWaiting):
         is heard (releases are announced while someone waits in line, and heard
         while a thread of this process waits). Runs outside the lock; keep it quick.
         """
-        with self._lock:
-            self._listeners = (*self._listeners, fn)
+        self.line.add_listener(fn)
 
     def cooldown_remaining(self) -> float:
         """Seconds until the shared cooldown ends (0.0: none). One round trip."""
-        stats = self._stats()
+        stats = self.store.stats()
         if stats is None:
             return self._fallback().cooldown_remaining()
         return float(stats["cooldown_remaining"])
 
     def snapshot(self) -> LimiterSnapshot:
         """The shared limits and state; ``in_flight`` and ``queued`` are this process's."""
-        stats = self._stats()
+        stats = self.store.stats()
         if stats is None:
             snap = self._fallback().snapshot()
             return dataclasses.replace(snap, in_flight=self.in_flight, queued=self.queued)
-        limits = self._limits
+        limits = self.store.limits
         return LimiterSnapshot(
             in_flight=self.in_flight,
             queued=self.queued,
@@ -470,11 +554,29 @@ class RedisLimiter(_RedisWaiting):
 
     def limits(self) -> dict[str, Any]:
         """The limits as last read from Redis (what :meth:`update` takes)."""
-        return dict(self._limits)
+        return dict(self.store.limits)
+
+    # -- used by Permit ------------------------------------------------------------------
+
+    def _release(self, permit: Permit) -> None:
+        self.leases.release(permit)
+
+    def _settle(self, permit: Permit, diff: int) -> None:
+        self.leases.settle(permit, diff)
+
+    def _release_from_gc(self, permit: Permit) -> None:
+        self.leases.release_from_gc(permit)
+
+    def _after_release(self, head: str | None) -> None:
+        if head != "":  # '' nobody waits in Redis; None: unknown, wake the leader anyway
+            self.line.wake("r", head)
+        if self.line.release_listeners:
+            self.line.tell_listeners()
 
     def __repr__(self) -> str:
-        parts = [f"{k}={v!r}" for k, v in self._limits.items() if v not in (None, 0.0)]
-        state = " degraded" if self._degraded else ""
+        limits = self.store.limits
+        parts = [f"{k}={v!r}" for k, v in limits.items() if v not in (None, 0.0)]
+        state = " degraded" if self.store.degraded else ""
         return (
             f"<RedisLimiter key={self.key!r} {' '.join(parts) or 'unlimited'} "
             f"in_flight={self.in_flight} queued={self.queued}{state}>"

@@ -3,9 +3,11 @@
 -- KEYS: cfg st leases q qx of the limiter [, the same five of its pool]
 -- ARGV: 1 id (ticket and lease id), 2 units, 3 tokens, 4 lease ttl (us),
 --       5 ticket ttl (us), 6 arrival estimate (server us; 0: now),
---       7 mode ('w': wait in line, 't': try, never queue), 8 spec, 9 origin, 10 channel,
---       [11 pool units, 12 pool spec, 13 pool origin, 14 pool channel]
--- Reply: {status, wait (us), server now (us), 7 limit fields, [7 pool limit fields]}
+--       7 mode ('w': wait in line, 't': try, never queue), 8 successor id ('': none),
+--       9 successor arrival (server us; 0: now), 10 spec, 11 origin, 12 channel,
+--       [13 pool units, 14 pool spec, 15 pool origin, 16 pool channel]
+-- Reply: {status, wait (us), server now (us), cooldown left (us), 3 breaker fields,
+--         7 limit fields, [7 pool limit fields]}
 --   status 1: admitted (lease held); 0: wait ``wait`` us then call again;
 --   -1: wait for a wake-up (a release, or the line to move); -2: can never fit.
 --
@@ -13,6 +15,10 @@
 -- a limiter may be admitted. A pool member whose own limits allow the request but
 -- whose pool does not also holds a ticket in the pool's line, so a big request for
 -- the pool is not overtaken by later small ones of other members.
+--
+-- Successor: when a waiter is admitted, the next waiter of the same process (which
+-- becomes its leader) gets its ticket in the same call, so it need not call just to
+-- take its place in line; it sleeps until a wake-up names its ticket.
 
 local now = now_us()
 local id = ARGV[1]
@@ -22,6 +28,8 @@ local lease_ttl = tonumber(ARGV[4])
 local ticket_ttl = tonumber(ARGV[5])
 local arrival = tonumber(ARGV[6])
 local waiting = ARGV[7] == 'w'
+local succ = ARGV[8]
+local succ_arrival = tonumber(ARGV[9])
 
 local function side(i, spec, origin, channel)
   local L = {
@@ -43,16 +51,23 @@ local function side(i, spec, origin, channel)
   return L
 end
 
-local M = side(1, ARGV[8], ARGV[9], ARGV[10])
+local M = side(1, ARGV[10], ARGV[11], ARGV[12])
 local P = nil
 local pool_units = 0
 if #KEYS > 5 then
-  P = side(6, ARGV[12], ARGV[13], ARGV[14])
-  pool_units = tonumber(ARGV[11])
+  P = side(6, ARGV[14], ARGV[15], ARGV[16])
+  pool_units = tonumber(ARGV[13])
 end
 
 local function reply(status, wait)
-  local out = {status, fmt(wait), fmt(now)}
+  local cool = cool_left(M.st, now)
+  if P and cool_left(P.st, now) > cool then
+    cool = cool_left(P.st, now)
+  end
+  local out = {status, fmt(wait), fmt(now), fmt(cool)}
+  for _, v in ipairs(breaker_reply(KEYS[1])) do
+    out[#out + 1] = v
+  end
   for _, v in ipairs(cfg_reply(M.cfg)) do
     out[#out + 1] = v
   end
@@ -161,12 +176,30 @@ take(M, id, units, tokens, now, lease_ttl)
 if P then
   take(P, id, pool_units, tokens, now, lease_ttl)
 end
+-- The line moved: its new head looks again, unless this admission filled the
+-- concurrency (then the next release wakes it; waking it now would only cost a call).
 if registered then
   leave(M)
-  wake(M.q, M.channel, 'q')
+end
+if waiting and succ ~= '' then
+  local score = now
+  if succ_arrival and succ_arrival > 0 and succ_arrival < now then
+    score = succ_arrival
+  end
+  redis.call('ZADD', M.q, 'NX', fmt(score), succ)
+  redis.call('ZADD', M.qx, fmt(now + ticket_ttl), succ)
+end
+if registered or (waiting and succ ~= '') then
+  if not (M.cfg.mc and M.held + units >= M.cfg.mc) then
+    wake(M.q, M.channel, 'q')
+  end
+end
+if registered then
   if P then
     leave(P)
-    wake(P.q, P.channel, 'q')
+    if not (P.cfg.mc and P.held + pool_units >= P.cfg.mc) then
+      wake(P.q, P.channel, 'q')
+    end
   end
 end
 return reply(1, 0)

@@ -2,7 +2,8 @@
 --
 -- Time is the Redis server's (TIME), in integer microseconds, so every process and
 -- host reads one clock. Keys of one limiter (``{prefix}:{key}`` below):
---   :cfg     hash  limits: mc rpm burst mi tpm mg ("" = no limit), v (version), o (origin)
+--   :cfg     hash  limits: mc rpm burst mi tpm mg ("" = no limit), v (version), o (origin);
+--                 the provider's breaker: bs (state), bo (opened at), bf (failures)
 --   :st      hash  state:  bl bt (request bucket level, stamp), tl tt (LLM token bucket),
 --                         last (last start), cu (cooldown until)
 --   :leases  zset  concurrency holders "<id>|<units>" scored by lease expiry
@@ -144,12 +145,30 @@ local function purge_tickets(q, qx, now)
   return #dead
 end
 
--- Wake the waiters of one limiter (other processes listen on ``channel``) when some wait.
+-- Wake the first waiter in line of one limiter (other processes listen on ``channel``):
+-- the message is ``kind .. ' ' .. ticket id`` of the head of ``q``, so only the process
+-- whose leader holds that ticket looks again (nothing is sent when nobody waits).
 -- kind: 'r' capacity freed, 'q' the queue moved, 'c' limits or budget changed.
 local function wake(q, channel, kind)
-  if redis.call('ZCARD', q) > 0 then
-    redis.call('PUBLISH', channel, kind)
+  local head = redis.call('ZRANGE', q, 0, 0)
+  if #head > 0 then
+    redis.call('PUBLISH', channel, kind .. ' ' .. head[1])
   end
+end
+
+-- The shared breaker state kept in the limiter's cfg hash: state ('' = closed),
+-- opened at (epoch seconds, '' = never), consecutive failures.
+local function breaker_reply(cfg_key)
+  local b = redis.call('HMGET', cfg_key, 'bs', 'bo', 'bf')
+  return {b[1] or '', b[2] or '', b[3] or '0'}
+end
+
+-- Seconds of cooldown left at ``now`` (microseconds), 0 when none.
+local function cool_left(st, now)
+  if st.cu and st.cu > now then
+    return st.cu - now
+  end
+  return 0
 end
 
 -- Microseconds until this limiter alone admits the request (INF: needs a release).

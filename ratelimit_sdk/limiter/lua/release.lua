@@ -2,7 +2,8 @@
 --
 -- KEYS: leases q of the limiter [, leases q of its pool]
 -- ARGV: 1 member, 2 channel [, 3 pool member, 4 pool channel]
--- Reply: number of leases removed (0 when it had expired already).
+-- Reply: {leases removed (0 when it had expired already), the ticket id at the head
+--         of the limiter's line ('' when nobody waits)}
 
 local removed = 0
 for i = 1, #KEYS, 2 do
@@ -13,4 +14,5 @@ for i = 1, #KEYS, 2 do
     wake(KEYS[i + 1], channel, 'r')
   end
 end
-return removed
+local head = redis.call('ZRANGE', KEYS[2], 0, 0)
+return {removed, head[1] or ''}

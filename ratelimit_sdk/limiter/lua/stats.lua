@@ -1,10 +1,10 @@
--- stats: the shared state of one limiter, for snapshot(), shared_stats(), time_to_admit().
+-- stats: the shared state of one limiter, for snapshot(), shared_stats(), availability().
 --
 -- KEYS: cfg st leases q qx
 -- ARGV: 1 spec, 2 origin, 3 units, 4 tokens (the request time_to_admit asks about)
 -- Reply: {units held, holders, tickets waiting, request tokens ("" = no bucket),
 --         LLM tokens ("" = no budget), cooldown remaining (us), next start in (us),
---         admit in (us, "inf": needs a release), 7 limit fields}
+--         admit in (us, "inf": needs a release), 7 limit fields, 3 breaker fields}
 
 local now = now_us()
 local c = load_cfg(KEYS[1], ARGV[1], ARGV[2])
@@ -37,6 +37,9 @@ else
   out[8] = fmt(admit)
 end
 for _, v in ipairs(cfg_reply(c)) do
+  out[#out + 1] = v
+end
+for _, v in ipairs(breaker_reply(KEYS[1])) do
   out[#out + 1] = v
 end
 return out

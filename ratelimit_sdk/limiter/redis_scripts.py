@@ -1,16 +1,17 @@
-"""Stage 3b (admission control), shared backend: the Lua scripts and what is sent to them.
+"""Stage 3b (admission control), shared backend: the Lua scripts and calling them.
 
-Part of :mod:`.redis` (read that first). This module holds no state and no thread:
+Part of :mod:`.redis` (read that first). This module holds no limiter state:
 
 * the defaults and tunables of the Redis limiter (``DEFAULT_*``, the wait slice);
 * loading the scripts in ``limiter/lua/`` (each with ``common.lua`` in front);
+* :class:`Scripts`: the scripts registered on one client and the one place where
+  redis exceptions become :class:`RedisDown` (Redis did not answer: the outage
+  policy decides) or :class:`~ratelimit_sdk.errors.BackendError`;
 * importing ``redis`` lazily and building a client from a URL;
 * packing limits into the scripts' text form and reading them back from a reply;
-* ``_Down``, the "Redis did not answer" signal that the failure policy acts on;
 * the checks of the ``RedisLimiter`` options (key, prefix, seconds, failure policy).
 
-Every ``_redis_*`` module logs to the ``ratelimit_sdk.limiter.redis`` logger, as
-the single module did before it was split.
+Every ``redis_*`` module logs to the ``ratelimit_sdk.limiter.redis`` logger.
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import BackendError, ConfigError
 
 #: The one logger of the Redis backend (all its modules share it).
-_log = logging.getLogger("ratelimit_sdk.limiter.redis")
+LOG = logging.getLogger("ratelimit_sdk.limiter.redis")
 
 #: Namespace of every key: ``{prefix}:{<key>}:cfg`` and so on.
 DEFAULT_PREFIX = "ratelimit_sdk"
@@ -39,11 +40,11 @@ DEFAULT_SOCKET_TIMEOUT = 1.0
 DEFAULT_BACKEND_RETRY = 5.0
 #: Longest single sleep, in seconds, of a waiter between two looks at Redis (the cap on
 #: what a lost wake-up can cost); also bounded by ``lease_timeout / 3``.
-_MAX_SLICE = 2.0
+MAX_SLICE = 2.0
 #: Seconds a wake-up listener thread stays subscribed with nobody waiting here.
-_LISTENER_IDLE = 10.0
+LISTENER_IDLE = 10.0
 #: The scripts in ``lua/``; each is sent with ``common.lua`` in front of it.
-_SCRIPTS = (
+SCRIPT_NAMES = (
     "acquire",
     "release",
     "renew",
@@ -53,8 +54,9 @@ _SCRIPTS = (
     "update",
     "init",
     "stats",
+    "breaker",
 )
-_FIELDS = (
+LIMIT_FIELDS = (
     "max_concurrent",
     "requests_per_minute",
     "burst",
@@ -62,7 +64,7 @@ _FIELDS = (
     "tokens_per_minute",
     "margin",
 )
-_SHORT = {
+SHORT_NAMES = {
     "max_concurrent": "mc",
     "requests_per_minute": "rpm",
     "burst": "burst",
@@ -71,17 +73,21 @@ _SHORT = {
     "margin": "mg",
 }
 #: Limit fields in a script reply: the six limits and the version.
-_NCFG = 7
+NCFG = 7
+#: Breaker fields in a script reply: state, opened at (epoch seconds), failures.
+NBRK = 3
 
 
 @functools.cache
-def _script_source(name: str) -> str:
+def script_source(name: str) -> str:
+    """The text of script ``name``: ``common.lua``, then ``<name>.lua``."""
     lua = importlib.resources.files(__name__.rpartition(".")[0]).joinpath("lua")
     common = lua.joinpath("common.lua").read_text(encoding="utf-8")
     return common + "\n" + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
 
 
-def _import_redis() -> Any:
+def import_redis() -> Any:
+    """The ``redis`` module, or ConfigError naming the extra to install."""
     try:
         return importlib.import_module("redis")
     except ImportError as exc:
@@ -92,7 +98,7 @@ def _import_redis() -> Any:
         ) from exc
 
 
-def _num(value: float | None) -> str:
+def num(value: float | None) -> str:
     """A limit as the scripts store it ("" for no limit)."""
     if value is None:
         return ""
@@ -101,17 +107,19 @@ def _num(value: float | None) -> str:
     return repr(float(value))
 
 
-def _spec(limits: dict[str, Any]) -> str:
-    return "|".join(_num(limits[name]) for name in _FIELDS)
+def spec_of(limits: dict[str, Any]) -> str:
+    """The limits as the scripts store them: ``mc|rpm|burst|mi|tpm|mg``."""
+    return "|".join(num(limits[name]) for name in LIMIT_FIELDS)
 
 
-def _text(value: Any) -> str:
+def text(value: Any) -> str:
+    """A reply element as ``str`` (redis-py returns bytes)."""
     return value.decode() if isinstance(value, bytes) else str(value)
 
 
-def _parse_limits(raw: Sequence[Any]) -> tuple[dict[str, Any], str]:
-    """The limit fields of a script reply (``_NCFG`` of them) -> (limits, version)."""
-    mc, rpm, burst, mi, tpm, mg, version = (_text(x) for x in raw)
+def parse_limits(raw: Sequence[Any]) -> tuple[dict[str, Any], str]:
+    """The limit fields of a script reply (``NCFG`` of them) -> (limits, version)."""
+    mc, rpm, burst, mi, tpm, mg, version = (text(x) for x in raw)
     limits = {
         "max_concurrent": int(float(mc)) if mc else None,
         "requests_per_minute": float(rpm) if rpm else None,
@@ -123,7 +131,8 @@ def _parse_limits(raw: Sequence[Any]) -> tuple[dict[str, Any], str]:
     return limits, version
 
 
-def _check_seconds(name: str, value: Any, *, positive: bool) -> None:
+def check_seconds(name: str, value: Any, *, positive: bool) -> None:
+    """Raise ConfigError unless ``value`` is a finite number of seconds (> 0 or >= 0)."""
     ok = (
         not isinstance(value, bool)
         and isinstance(value, (int, float))
@@ -135,7 +144,7 @@ def _check_seconds(name: str, value: Any, *, positive: bool) -> None:
         raise ConfigError(f"{name}: must be a number {bound} (got {value!r})", field=name)
 
 
-def _check_options(
+def check_options(
     key: object,
     prefix: object,
     lease_timeout: object,
@@ -152,9 +161,9 @@ def _check_options(
         )
     if not isinstance(prefix, str) or not prefix:
         raise ConfigError(f"prefix: must be a non-empty string (got {prefix!r})", field="prefix")
-    _check_seconds("lease_timeout", lease_timeout, positive=True)
-    _check_seconds("socket_timeout", socket_timeout, positive=True)
-    _check_seconds("backend_retry", backend_retry, positive=False)
+    check_seconds("lease_timeout", lease_timeout, positive=True)
+    check_seconds("socket_timeout", socket_timeout, positive=True)
+    check_seconds("backend_retry", backend_retry, positive=False)
     if on_backend_error not in ("local", "raise"):
         raise ConfigError(
             f'on_backend_error: must be "local" or "raise" (got {on_backend_error!r})',
@@ -163,7 +172,8 @@ def _check_options(
     return key
 
 
-def _client_from_url(redis_mod: Any, url: str, timeout: float) -> Any:
+def client_from_url(redis_mod: Any, url: str, timeout: float) -> Any:
+    """A ``redis.Redis`` for ``url`` with ``timeout``-second time-outs and one quick retry."""
     retry = importlib.import_module("redis.retry").Retry
     no_backoff = importlib.import_module("redis.backoff").NoBackoff
     try:
@@ -178,9 +188,44 @@ def _client_from_url(redis_mod: Any, url: str, timeout: float) -> Any:
         raise ConfigError(f"backend: not a usable Redis URL ({exc})", field="backend") from exc
 
 
-class _Down(Exception):
+class RedisDown(Exception):
     """Redis did not answer (connection, time-out, read-only replica): the policy decides."""
 
     def __init__(self, cause: BaseException) -> None:
         super().__init__(str(cause))
         self.cause = cause
+
+
+class Scripts:
+    """The limiter scripts registered on one client; :meth:`call` runs one of them.
+
+    Thread-safe (redis-py's client is). ``key`` only names the limiter in errors.
+    """
+
+    def __init__(self, client: Any, redis_mod: Any, key: str) -> None:
+        self.client = client
+        self.key = key
+        self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
+        self._redis_error: type[Exception] = redis_mod.exceptions.RedisError
+        self._down_errors: tuple[type[Exception], ...] = (
+            redis_mod.exceptions.ConnectionError,
+            redis_mod.exceptions.TimeoutError,
+            redis_mod.exceptions.ReadOnlyError,
+            redis_mod.exceptions.ClusterDownError,
+            redis_mod.exceptions.TryAgainError,
+        )
+
+    def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+        """Run script ``name`` (one EVALSHA; loaded again after NOSCRIPT).
+
+        Raises :class:`RedisDown` when Redis did not answer, BackendError when it
+        refused the script; never a ``redis`` exception.
+        """
+        try:
+            return self._scripts[name](keys=keys, args=args)
+        except self._down_errors as exc:
+            raise RedisDown(exc) from exc
+        except self._redis_error as exc:
+            raise BackendError(
+                f"Redis refused the {name} script of limiter {self.key!r}: {exc}"
+            ) from exc

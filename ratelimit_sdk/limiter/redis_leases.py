@@ -1,0 +1,220 @@
+"""Stage 3b (admission control), shared backend: permits as leases, renewed while held.
+
+Part of :mod:`.redis` (read that first). A concurrency permit admitted by Redis
+is a *lease*: a member ``"<id>|<units>"`` of a sorted set scored by its expiry
+(and one in the pool's set, for a pool member). :class:`Leases` holds:
+
+* :meth:`Leases.grant`: turn an admission into a :class:`RedisPermit` and start
+  the lease thread;
+* the lease thread, renewing this process's leases every ``lease_timeout / 3``
+  while any is held; a process that dies stops renewing and its permits come
+  back after ``lease_timeout``;
+* :meth:`Leases.release` / :meth:`Leases.settle`: give a permit back, correct
+  its token charge; both log a failure and never raise (an unreleased lease
+  expires by itself);
+* permits dropped without release (orphans), released by the next acquire or by
+  the lease thread, never from a finalizer.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+from ..clock import SYSTEM_CLOCK
+from ..errors import BackendError
+from .base import Limiter, Permit
+from .redis_scripts import LOG, RedisDown, text
+from .redis_store import RedisStore
+
+__all__ = ["Leases", "RedisPermit"]
+
+
+class RedisPermit(Permit):
+    """A permit backed by a lease in Redis (and one in the pool's, for a pool member)."""
+
+    __slots__ = ("lease", "pool_units")
+
+    def __init__(
+        self, owner: Limiter, units: int, tokens: int, lease: str, pool_units: int
+    ) -> None:
+        super().__init__(owner, units, tokens)
+        self.lease = lease
+        self.pool_units = pool_units
+
+
+class Leases:
+    """The leases this process holds for one limiter: granting, renewing, releasing.
+
+    ``owner``: the limiter whose permits these are (a permit calls back into it).
+    ``pool``: the pool's leases, for a pool member. ``on_release(head)`` runs after
+    each release (``head``: the ticket now first in line, ``None`` if unknown).
+    """
+
+    def __init__(
+        self,
+        owner: Limiter,
+        store: RedisStore,
+        lease_timeout: float,
+        *,
+        pool: Leases | None = None,
+        on_release: Callable[[str | None], None] | None = None,
+    ) -> None:
+        self.owner = owner
+        self.store = store
+        self.pool = pool
+        self.lease_timeout = lease_timeout
+        self.lease_us = int(lease_timeout * 1e6)
+        self.on_release = on_release
+        self._lock = threading.Lock()
+        self._held: dict[str, tuple[int, int]] = {}  # lease id -> (units, pool units)
+        self.in_flight = 0  # units held by this process's permits
+        self.member_units = 0  # pool units held here by members' permits (for a pool)
+        self._orphans: deque[Permit] = deque()  # collected while held: released later
+        self._renewer: threading.Thread | None = None  # the lease thread, while it runs
+        self._renew_cond = threading.Condition(self._lock)  # the lease thread sleeps on it
+        self.paused = False  # tests: simulate a holder that stopped renewing
+
+    def grant(self, lease: str, units: int, tokens: int, pool_units: int) -> Permit:
+        """The permit for a lease Redis just recorded; starts the lease thread if needed."""
+        pool = self.pool
+        pool_units = 0 if pool is None else pool_units
+        permit = RedisPermit(self.owner, units, tokens, lease, pool_units)
+        with self._lock:
+            self._held[lease] = (units, pool_units)
+            self.in_flight += units
+            if self._renewer is None:
+                self._renewer = threading.Thread(
+                    target=self._renew_loop,
+                    name=f"ratelimit_sdk-lease-{self.store.key}",
+                    daemon=True,
+                )
+                self._renewer.start()
+        if pool is not None:
+            pool.add_member_units(pool_units)
+        return permit
+
+    def add_member_units(self, n: int) -> None:
+        """Count ``n`` more pool units held here by a member's permit (negative: fewer)."""
+        with self._lock:
+            self.member_units += n
+
+    # -- renewal --------------------------------------------------------------------------
+
+    def _renew_loop(self) -> None:
+        """Lease thread: renew this process's leases every lease_timeout / 3 while any is held."""
+        interval = self.lease_timeout / 3.0
+        while True:
+            with self._lock:
+                if not self._held and not self._orphans:
+                    self._renewer = None
+                    return
+                SYSTEM_CLOCK.wait(self._renew_cond, interval)
+                held = {} if self.paused else dict(self._held)
+            if self._orphans:
+                self.drain_orphans()
+            if held:
+                self._renew(held)
+
+    def _renew(self, held: dict[str, tuple[int, int]]) -> None:
+        store = self.store
+        members = [f"{lease}|{units}" for lease, (units, _) in held.items()]
+        keys = [store.keys.leases]
+        if self.pool is not None:
+            keys.append(self.pool.store.keys.leases)
+            members += [f"{lease}|{pu}" for lease, (_, pu) in held.items()]
+        args = [self.lease_us, len(held), *members]
+        try:
+            rewritten = int(store.run("renew", keys, args))
+        except RedisDown as exc:
+            store.note_down(exc, "renewing leases")
+            return
+        except BackendError as exc:
+            LOG.warning("could not renew the leases of %r: %s", store.key, exc)
+            return
+        store.after_success()
+        if rewritten:
+            LOG.debug("limiter %r: %d lease(s) written again", store.key, rewritten)
+        with self._lock:
+            raced = [lease for lease in held if lease not in self._held]
+        for lease in raced:  # released while we renewed: make sure they are gone
+            units, pool_units = held[lease]
+            self.send_release(f"{lease}|{units}", f"{lease}|{pool_units}")
+
+    # -- release ----------------------------------------------------------------------------
+
+    def release(self, permit: Permit) -> None:
+        """Give ``permit`` back (exactly once, whichever thread asks first). Never raises."""
+        assert isinstance(permit, RedisPermit)
+        with self._lock:
+            if permit._released:
+                return
+            permit._released = True
+            self._held.pop(permit.lease, None)
+            self.in_flight -= permit.units
+        if self.pool is not None:
+            self.pool.add_member_units(-permit.pool_units)
+        head = self.send_release(
+            f"{permit.lease}|{permit.units}", f"{permit.lease}|{permit.pool_units}"
+        )
+        if self.on_release is not None:
+            self.on_release(head)
+
+    def send_release(self, member: str, pool_member: str) -> str | None:
+        """Run the release script; the ticket now first in line ('' none, None unknown)."""
+        store = self.store
+        keys = [store.keys.leases, store.keys.q]
+        args = [member, store.keys.channel]
+        if self.pool is not None:
+            keys += [self.pool.store.keys.leases, self.pool.store.keys.q]
+            args += [pool_member, self.pool.store.keys.channel]
+        try:
+            reply: Any = store.run("release", keys, args)
+        except RedisDown as exc:
+            store.note_down(exc, "releasing a permit (its lease will expire)")
+            return None
+        except BackendError as exc:
+            LOG.warning(
+                "could not release a permit of %r (its lease will expire): %s", store.key, exc
+            )
+            return None
+        store.after_success()
+        return text(reply[1])
+
+    def release_from_gc(self, permit: Permit) -> None:
+        """A permit collected while held: released later (no I/O, no lock in a finalizer)."""
+        self._orphans.append(permit)
+
+    @property
+    def has_orphans(self) -> bool:
+        """True when collected permits wait to be released."""
+        return bool(self._orphans)
+
+    def drain_orphans(self) -> None:
+        """Release the permits collected while held."""
+        while True:
+            try:
+                permit = self._orphans.popleft()
+            except IndexError:
+                return
+            self.release(permit)
+
+    def settle(self, permit: Permit, diff: int) -> None:
+        """Charge ``diff`` more LLM tokens for ``permit`` (refund if negative). Never raises."""
+        store = self.store
+        keys = [store.keys.cfg, store.keys.st, store.keys.q]
+        args: list[Any] = [diff, store.keys.channel]
+        if self.pool is not None:
+            pk = self.pool.store.keys
+            keys += [pk.cfg, pk.st, pk.q]
+            args.append(pk.channel)
+        try:
+            store.run("settle", keys, args)
+        except RedisDown as exc:
+            store.note_down(exc, "settling tokens")
+        except BackendError as exc:
+            LOG.warning("could not settle tokens of %r: %s", store.key, exc)
+        else:
+            store.after_success()

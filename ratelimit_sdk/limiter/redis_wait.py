@@ -1,0 +1,332 @@
+"""Stage 3b (admission control), shared backend: waiting for admission across processes.
+
+Part of :mod:`.redis` (read that first). How an ``acquire`` is decided
+(:class:`Admission`):
+
+* :meth:`Admission.admit`: threads of this process queue locally, first come
+  first served (:class:`~.redis_wake.WaitLine`); while Redis is unreachable under
+  policy ``"local"``, the in-process fall-back limiter decides instead;
+* the leader (the first waiter) asks the acquire script until admitted. The
+  script answers "admitted", "wait this long" or "wait for a release" (with the
+  cooldown left and the breaker fields), and keeps a *ticket* for the waiter in a
+  Redis queue ordered by arrival, so processes are served in arrival order too.
+  The leader sleeps the time the script said, or until a wake-up naming its
+  ticket, never longer than the slice, so a lost message costs a fraction of a
+  second, not a hang;
+* a try (``timeout=0``, :meth:`Admission.admit` with ``wait=False``) is one call
+  and returns the refusal (:class:`Refusal`) instead of waiting;
+* if the leader gives up (timeout, cancel, close, an exception) while Redis may
+  have admitted it or still holds its ticket, it gives both back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from ..clock import Clock
+from ..errors import AcquireTimeout, BackendError, RequestTooLargeError
+from .base import Permit
+from .memory import MemoryLimiter
+from .redis_leases import Leases
+from .redis_scripts import MAX_SLICE, NBRK, NCFG, RedisDown, text
+from .redis_store import RedisStore
+from .redis_wake import Waiter, WaitLine
+
+__all__ = ["Admission", "Refusal"]
+
+#: Where the limit fields start in an acquire reply (after status, wait, now, cooldown,
+#: and the breaker fields).
+_CFG_AT = 4 + NBRK
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """Why a try was not admitted: ``wait`` seconds (None: needs a release), cooldown left.
+
+    ``cooldown`` is ``None`` when Redis was not asked (threads of this process wait
+    ahead, or it is unreachable): the caller looks again if it needs to know.
+    """
+
+    wait: float | None
+    cooldown: float | None
+
+
+class Admission:
+    """Deciding acquires for one Redis limiter: the local line's leader asking Redis.
+
+    ``pool``: the pool's store, for a pool member; ``pool_units``: a callable giving
+    the pool units each request holds now (the limiter's setting may change).
+    """
+
+    def __init__(
+        self,
+        store: RedisStore,
+        line: WaitLine,
+        leases: Leases,
+        *,
+        clock: Clock,
+        lease_timeout: float,
+        pool: RedisStore | None,
+        pool_units: Callable[[], int],
+        fallback: Callable[[], MemoryLimiter],
+    ) -> None:
+        self.store = store
+        self.line = line
+        self.leases = leases
+        self.clock = clock
+        self.pool = pool
+        self.pool_units = pool_units
+        self.fallback = fallback
+        self.slice = min(MAX_SLICE, max(0.05, lease_timeout / 3.0))
+        self.ticket_us = int((3.0 * self.slice + 1.0) * 1e6)  # outlives 3 missed looks
+        self._offset: float | None = None  # server seconds minus local monotonic seconds
+
+    def check_request(self, units: int, tokens: int) -> None:
+        """Raise ValueError / RequestTooLargeError for a request that can never be admitted."""
+        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
+            raise ValueError(f"units must be a whole number >= 1, got {units!r}")
+        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
+            raise ValueError(f"tokens must be a whole number >= 0, got {tokens!r}")
+        mc = self.store.limits["max_concurrent"]
+        if mc is not None and units > mc:
+            raise RequestTooLargeError(
+                f"units={units} can never be admitted: max_concurrent is {mc}"
+            )
+        for st in (self.store, self.pool):
+            tpm = None if st is None else st.limits["tokens_per_minute"]
+            if tpm is not None and tokens > tpm:
+                raise RequestTooLargeError(
+                    f"tokens={tokens} can never be admitted: tokens_per_minute is {tpm:g}"
+                )
+
+    def timeout_error(self, start: float, why: str = "") -> AcquireTimeout:
+        """The AcquireTimeout of a wait that began at ``start`` (``why``: another reason)."""
+        waited = self.clock.monotonic() - start
+        key = self.store.key
+        if why:
+            return AcquireTimeout(why, waited=waited, key=key)
+        return AcquireTimeout(
+            f"timed out after {waited:.3f}s waiting for admission to {key!r}",
+            waited=waited,
+            key=key,
+        )
+
+    def admit(
+        self,
+        units: int,
+        tokens: int,
+        timeout: float | None,
+        *,
+        wait: bool,
+        cancel: threading.Event | None = None,
+    ) -> Permit | Refusal:
+        """A permit, or (a try only) the refusal. Raises AcquireTimeout for a wait that ends.
+
+        The fall-back limiter's refusal of a try while Redis is down is a Refusal too.
+        """
+        clock = self.clock
+        line = self.line
+        start = clock.monotonic()
+        deadline = None if timeout is None else start + timeout
+        if line.closed:
+            raise self.timeout_error(start, "limiter is closed")
+        if self.leases.has_orphans:
+            self.leases.drain_orphans()
+        if not self.store.use_local():
+            w = Waiter(start)
+            with line.lock:
+                if line.closed:
+                    raise self.timeout_error(start, "limiter is closed")
+                if not wait and line.queue:
+                    return Refusal(None, None)  # threads of this process wait ahead
+                line.queue.append(w)
+            led = False
+            try:
+                with line.lock:
+                    while line.queue[0] is not w:
+                        if line.closed:
+                            raise self.timeout_error(start, "limiter is closed")
+                        if cancel is not None and cancel.is_set():
+                            raise self.timeout_error(start, "cancelled")
+                        now = clock.monotonic()
+                        if deadline is not None and now >= deadline:
+                            raise self.timeout_error(start)
+                        clock.wait(line.cond(w), None if deadline is None else deadline - now)
+                led = True
+                got = self._lead(w, units, tokens, start, deadline, wait=wait, cancel=cancel)
+            finally:
+                with line.lock:
+                    line.queue.remove(w)
+                    orphan = w.ticketed and not led  # gave up holding a ticket it never used
+                    if line.queue:
+                        line.notify(line.queue[0])
+                if orphan:
+                    self._cancel([w.id])
+            if got is not None:
+                return got
+        # Redis is unreachable and the policy is "local".
+        local = self.fallback()
+        if not wait:
+            p = local.try_acquire(units=units, tokens=tokens)
+            if p is None:
+                return Refusal(local.time_to_admit(units=units, tokens=tokens), None)
+            return p
+        remaining = None if deadline is None else max(0.0, deadline - clock.monotonic())
+        extra: dict[str, Any] = {} if cancel is None else {"cancel": cancel}
+        return local.acquire(remaining, units=units, tokens=tokens, **extra)
+
+    def _server_us(self, arrival: float) -> int:
+        """A local monotonic time as server microseconds (0: not known yet)."""
+        offset = self._offset
+        return 0 if offset is None else int((arrival + offset) * 1e6)
+
+    def _args(
+        self, w: Waiter, units: int, tokens: int, wait: bool, succ: Waiter | None
+    ) -> list[Any]:
+        args: list[Any] = [
+            w.id,
+            units,
+            tokens,
+            self.leases.lease_us,
+            self.ticket_us,
+            self._server_us(w.arrival),
+            "w" if wait else "t",
+            "" if succ is None else succ.id,
+            0 if succ is None else self._server_us(succ.arrival),
+            *self.store.side_args(),
+        ]
+        if self.pool is not None:
+            args += [self.pool_units(), *self.pool.side_args()]
+        return args
+
+    def _keys(self) -> list[str]:
+        keys = self.store.keys.five
+        if self.pool is not None:
+            keys += self.pool.keys.five
+        return keys
+
+    def _cancel_keys(self) -> list[str]:
+        keys = [self.store.keys.q, self.store.keys.qx]
+        if self.pool is not None:
+            keys += [self.pool.keys.q, self.pool.keys.qx]
+        return keys
+
+    def _cancel(self, ids: list[str]) -> None:
+        """Take the tickets ``ids`` out of the Redis line (best effort; never raises)."""
+        with contextlib.suppress(RedisDown, BackendError):
+            self.store.run("cancel", self._cancel_keys(), [",".join(ids), *self.line.channels])
+
+    def _lead(
+        self,
+        w: Waiter,
+        units: int,
+        tokens: int,
+        start: float,
+        deadline: float | None,
+        *,
+        wait: bool,
+        cancel: threading.Event | None,
+    ) -> Permit | Refusal | None:
+        """The first waiter of this process: ask Redis until admitted (None: go local)."""
+        clock = self.clock
+        line = self.line
+        store = self.store
+        keys = self._keys()
+        queued_in_redis = w.ticketed
+        in_call = False
+        succ: Waiter | None = None
+        try:
+            if w.ticketed:
+                # Its predecessor took its place in line: no call until a wake-up names
+                # its ticket (one may have come already), or a slice passes.
+                with line.lock:
+                    w.watch_cfg = False
+                    sleep = self.slice
+                    if deadline is not None:
+                        sleep = min(sleep, deadline - clock.monotonic())
+                    quiet = not (
+                        w.gen_any or line.closed or (cancel is not None and cancel.is_set())
+                    )
+                    if quiet and line.listening.is_set() and sleep > 0:
+                        clock.wait(line.cond(w), sleep)
+            while True:
+                with line.lock:
+                    if line.closed:
+                        raise self.timeout_error(start, "limiter is closed")
+                    if cancel is not None and cancel.is_set():
+                        raise self.timeout_error(start, "cancelled")
+                    gen_any, gen_cfg = w.gen_any, w.gen_cfg
+                    succ = line.queue[1] if wait and len(line.queue) > 1 else None
+                args = self._args(w, units, tokens, wait, succ)
+                t0 = clock.monotonic()
+                in_call = True
+                try:
+                    reply = store.run("acquire", keys, args)
+                except RedisDown as exc:
+                    in_call = False
+                    store.on_down(exc, "acquiring")
+                    return None
+                in_call = False
+                t1 = clock.monotonic()
+                store.after_success()
+                status = int(reply[0])
+                self._offset = float(text(reply[2])) / 1e6 - (t0 + t1) / 2.0
+                store.absorb_breaker(reply[4:_CFG_AT])
+                store.absorb(reply[_CFG_AT : _CFG_AT + NCFG])
+                if self.pool is not None:
+                    self.pool.absorb(reply[_CFG_AT + NCFG : _CFG_AT + 2 * NCFG])
+                if status == 1:
+                    permit = self.leases.grant(w.id, units, tokens, self.pool_units())
+                    if succ is not None:
+                        with line.lock:
+                            if succ in line.queue:
+                                succ.ticketed = True  # it cancels the ticket if it gives up
+                                succ = None
+                        if succ is not None:  # it left meanwhile: its ticket must go
+                            self._cancel([succ.id])
+                    return permit
+                queued_in_redis = wait
+                if status == -2:
+                    raise RequestTooLargeError(
+                        f"units={units} tokens={tokens} can never be admitted by the limits "
+                        f"now stored for {store.key!r}"
+                    )
+                wait_s = float(text(reply[1])) / 1e6
+                if not wait:
+                    cooldown = float(text(reply[3])) / 1e6
+                    return Refusal(wait_s if status == 0 else None, cooldown)
+                now = clock.monotonic()
+                if deadline is not None and now >= deadline:
+                    raise self.timeout_error(start)
+                if not line.listening.is_set():
+                    line.start_listener()
+                    limit = 1.0 if deadline is None else min(1.0, deadline - now)
+                    if line.listening.wait(limit):
+                        continue  # now subscribed: look again, a wake-up may have been missed
+                    now = clock.monotonic()
+                # A timed wait is counted from when the request left: the next one then
+                # reaches Redis about when the wait ends there (a reply's trip is not
+                # slept twice).
+                sleep = min(t0 + wait_s - now, self.slice) if status == 0 else self.slice
+                if deadline is not None:
+                    sleep = min(sleep, deadline - now)
+                with line.lock:
+                    w.watch_cfg = status == 0
+                    # A timer waits for limit changes only; a release wait for anything.
+                    missed = (w.gen_cfg != gen_cfg) if status == 0 else (w.gen_any != gen_any)
+                    cancelled = cancel is not None and cancel.is_set()
+                    if not (missed or cancelled or line.closed) and sleep > 0:
+                        clock.wait(line.cond(w), sleep)
+        except BaseException:
+            if in_call:  # we cannot know whether Redis admitted us: give back what it might hold
+                self.leases.send_release(f"{w.id}|{units}", f"{w.id}|{self.pool_units()}")
+            if queued_in_redis or in_call:
+                ids = [w.id]
+                if in_call and succ is not None:  # it may have been given a ticket too
+                    ids.append(succ.id)
+                self._cancel(ids)
+            raise
