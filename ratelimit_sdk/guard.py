@@ -244,7 +244,8 @@ class Admission:
     ) -> AttemptResult:
         """Count and report the attempt's outcome (once), pausing the provider as it calls for."""
         assert self.permit is not None and self.probe is not None and not self._recorded
-        if completion is not None and completion.usage is not None:
+        if self._tokens and completion is not None and completion.usage is not None:
+            # Only a charged estimate needs settling (no token budget: nothing to correct).
             self.permit.settle(tokens=completion.usage.total_tokens)
         result = self._guard._record(
             verdict, completion, self.probe, self.started, retry_index, error

@@ -17,7 +17,7 @@ import importlib
 import math
 import threading
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..clock import Clock
 from ..errors import ConfigError
@@ -139,6 +139,18 @@ def from_backend(backend: str = "memory", **kwargs: Any) -> Limiter:
     return backend_class(backend)(backend=backend, **kwargs)
 
 
+_F = TypeVar("_F")
+
+if TYPE_CHECKING:
+    # ``Limiter(...)`` is the public way to build a limiter (it picks the backend), so
+    # type checkers must see a class they may instantiate; at run time the methods
+    # are abstract and a backend that misses one fails at construction.
+    def _abstract(fn: _F) -> _F:
+        return fn
+else:
+    _abstract = abc.abstractmethod
+
+
 class Permit:
     """Admission to make one request: hold it while the request runs, then release it.
 
@@ -232,7 +244,7 @@ class Limiter(abc.ABC):
 
     # -- admission --------------------------------------------------------------------
 
-    @abc.abstractmethod
+    @_abstract
     def acquire(
         self,
         timeout: float | None = None,
@@ -249,10 +261,12 @@ class Limiter(abc.ABC):
         timeout, and RequestTooLargeError when ``units`` or ``tokens`` can never
         fit the limits.
         """
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def try_acquire(self, *, units: int = 1, tokens: int = 0) -> Permit | None:
         """Admit now if every limit allows it (and nobody waits ahead), else ``None``."""
+        raise NotImplementedError
 
     def would_admit(self, *, units: int = 1, tokens: int = 0) -> bool:
         """Whether an acquire now would be admitted at once. Takes nothing; only a look.
@@ -318,7 +332,7 @@ class Limiter(abc.ABC):
 
     # -- control ------------------------------------------------------------------------
 
-    @abc.abstractmethod
+    @_abstract
     def update(self, **limits: Any) -> None:
         """Change any limit while running; ``None`` removes a limit.
 
@@ -327,47 +341,56 @@ class Limiter(abc.ABC):
         admits nobody until in-flight is under the new value; raising it admits
         waiting threads at once.
         """
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def cooldown(self, seconds: float) -> None:
         """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""
+        raise NotImplementedError
 
     def wake_all(self) -> None:  # noqa: B027 - optional, a no-op by default
         """Wake waiting threads so they re-check their cancel flags (default: nothing to do)."""
 
-    @abc.abstractmethod
+    @_abstract
     def close(self) -> None:
         """Release resources (connections); waiting threads get AcquireTimeout."""
+        raise NotImplementedError
 
     # -- observation ----------------------------------------------------------------------
 
     @property
-    @abc.abstractmethod
+    @_abstract
     def in_flight(self) -> int:
         """Concurrency units held now (this process)."""
+        raise NotImplementedError
 
     @property
-    @abc.abstractmethod
+    @_abstract
     def queued(self) -> int:
         """Threads waiting for admission now (this process)."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def cooldown_remaining(self) -> float:
         """Seconds until the current cooldown ends (0.0: none)."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def snapshot(self) -> LimiterSnapshot:
         """A consistent view of the limits and the state."""
+        raise NotImplementedError
 
     # -- used by Permit -------------------------------------------------------------------
 
-    @abc.abstractmethod
+    @_abstract
     def _release(self, permit: Permit) -> None:
         """Give ``permit``'s units back (called once per permit, by :meth:`Permit.release`)."""
+        raise NotImplementedError
 
-    @abc.abstractmethod
+    @_abstract
     def _settle(self, permit: Permit, diff: int) -> None:
         """Charge ``diff`` more LLM tokens (a refund when negative) for ``permit``."""
+        raise NotImplementedError
 
     def _release_from_gc(self, permit: Permit) -> None:
         """Release a permit that was garbage-collected while held (no blocking on locks)."""
