@@ -7,7 +7,7 @@ try, and how long the server asked us to wait or pause. Everything here is pure:
 wall-clock time comes in as ``now`` (epoch seconds), nothing reads a clock, does I/O
 or starts a thread, and no function raises on odd input.
 
-The rows of DESIGN.md section 3, first match wins:
+The classification, first match wins:
 
 1. 2xx with a completion and no error object -> ``ok`` (breaker success). If the
    rate-limit headers say a budget is used up (remaining 0) until a reset,
