@@ -300,7 +300,18 @@ class Breaker:
         return Probe(True)
 
     def record(self, vote: BreakerVote, probe: Probe, error: BaseException | None = None) -> None:
-        """Feed one attempt's outcome in (microseconds; the request is already over)."""
+        """Feed one attempt's outcome in (microseconds; the request is already over).
+
+        A success on a closed breaker with no failures counted changes nothing:
+        it is not replayed at all (no lock, no storage write).
+        """
+        if (
+            vote is BreakerVote.SUCCESS
+            and not probe.is_probe
+            and self._cb.fail_counter == 0
+            and self._cb.current_state == pybreaker.STATE_CLOSED
+        ):
+            return
         try:
             if vote is BreakerVote.SUCCESS:
                 self._cb.call(_noop)

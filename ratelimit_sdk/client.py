@@ -105,15 +105,19 @@ class _Usage:
             state = client._state
             _, calls = self._running.get(id(state), (state, 0))
             self._running[id(state)] = (state, calls + 1)
-            self._drain()
+            if self._later:
+                self._drain()
         return state
 
     def leave(self, state: _State, current: _State) -> list[Guard]:
         """Uncount a call on ``state``; the retired guards now idle (to close)."""
         with self._lock:
-            self._uncount(state)
-            self._drain()
-            return self._idle(current)
+            _, calls = self._running.pop(id(state))
+            if calls > 1:
+                self._running[id(state)] = (state, calls - 1)
+            if self._later:
+                self._drain()
+            return self._idle(current) if self._retired else []
 
     def leave_later(self, state: _State) -> None:
         """:meth:`leave` from a finalizer: takes no lock; counted at the next enter or leave."""

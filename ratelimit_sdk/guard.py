@@ -675,12 +675,12 @@ class Guard:
             attempt=attempt,
             verdict=verdict,
             completion=completion,
-            pause=self._pause_after(cooldown),
+            pause=self._pause_after(outcome, cooldown),
         )
 
-    def _pause_after(self, cooldown: float) -> Availability | None:
+    def _pause_after(self, outcome: Outcome, cooldown: float) -> Availability | None:
         """The pause an attempt left behind, known locally (an open breaker wins)."""
-        if not self.breaker.would_allow():
+        if outcome is not Outcome.OK and not self.breaker.would_allow():
             reopens = self.breaker.retry_after()
             return Availability(reopens or PROBE_POLL, reason=Outcome.CIRCUIT_OPEN)
         if cooldown:
