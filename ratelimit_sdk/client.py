@@ -335,7 +335,10 @@ class Client:
         if limit is not None and (
             isinstance(limit, bool) or not isinstance(limit, (int, float)) or not limit >= 0
         ):
-            raise ValueError(f"timeout must be a number >= 0 or None, got {limit!r}")
+            raise ConfigError(
+                f"timeout: must be a number of seconds >= 0, or None for no bound (got {limit!r})",
+                field="timeout",
+            )
         return math.inf if limit is None else self._clock.monotonic() + limit
 
     def _run_stream(
@@ -478,10 +481,13 @@ class Client:
         return_exceptions: bool,
         options: Mapping[str, Any],
     ) -> Generator[tuple[int, Any], None, None]:
-        if not isinstance(max_workers, int) or max_workers < 1:
-            raise ValueError(f"max_workers must be a whole number >= 1, got {max_workers!r}")
+        if isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1:
+            raise ConfigError(
+                f"max_workers: must be a whole number >= 1 (got {max_workers!r})",
+                field="max_workers",
+            )
         check_keywords(options, _CALL_OPTIONS, "map()")
-        requests = [_item_request(item) for item in items]
+        requests = [_checked_item(item, return_exceptions) for item in items]
         batch = _Batch(self, requests, max_workers, options)
         bar = _progress_bar(len(requests), progress)
         first_error: BaseException | None = None
@@ -725,6 +731,22 @@ _CALL_OPTIONS = ("preferred_model", "chain", "timeout")
 _ITEM_KEYS = frozenset({"messages", *_CALL_OPTIONS, *CHAT_PARAMS})
 
 
+def _checked_item(
+    item: Any, return_exceptions: bool
+) -> tuple[ChatRequest, dict[str, Any]] | RateLimitSDKError | ValueError:
+    """The request of one ``map`` item; with ``return_exceptions``, a bad one's error.
+
+    Every item is checked before anything is sent: without ``return_exceptions`` a
+    bad item raises here; with it, its error takes its slot in the results.
+    """
+    try:
+        return _item_request(item)
+    except (RateLimitSDKError, ValueError) as exc:
+        if not return_exceptions:
+            raise
+        return exc
+
+
 def _item_request(item: Any) -> tuple[ChatRequest, dict[str, Any]]:
     if isinstance(item, ChatRequest):
         return item, {}
@@ -748,7 +770,7 @@ class _Batch:
     def __init__(
         self,
         client: Client,
-        requests: list[tuple[ChatRequest, dict[str, Any]]],
+        requests: list[tuple[ChatRequest, dict[str, Any]] | RateLimitSDKError | ValueError],
         max_workers: int,
         options: Mapping[str, Any],
     ) -> None:
@@ -770,7 +792,14 @@ class _Batch:
             nxt = next(self.todo, None)
             if nxt is None:
                 return
-            index, (request, extra) = nxt
+            index, item = nxt
+            if isinstance(item, BaseException):  # a bad item: its error takes its slot
+                fut: Future[ChatResponse] = Future()
+                fut.set_exception(item)
+                self.futures[fut] = index
+                self.pending.add(fut)
+                continue
+            request, extra = item
             options = {**self.options, **extra}
             fut = self.pool.submit(
                 self.client._run,

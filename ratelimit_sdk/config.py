@@ -30,6 +30,7 @@ import json
 import os
 import re
 import sys
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NoReturn, TypeVar
@@ -42,6 +43,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_serializer,
     field_validator,
     model_validator,
@@ -120,6 +122,24 @@ def _freeze(value: Mapping[Any, Any]) -> FrozenDict[Any, Any]:
     return value if isinstance(value, FrozenDict) else FrozenDict(value)
 
 
+def _annotation_types(annotation: Any) -> set[Any]:
+    args = typing.get_args(annotation)
+    if not args:
+        return {annotation}
+    found: set[Any] = set()
+    for arg in args:
+        found |= _annotation_types(arg)
+    return found
+
+
+def _takes_number(annotation: Any) -> bool:
+    return bool(_annotation_types(annotation) & {int, float})
+
+
+def _takes_bool(annotation: Any) -> bool:
+    return bool in _annotation_types(annotation)
+
+
 class _Model(BaseModel):
     """Settings shared by every model.
 
@@ -138,6 +158,20 @@ class _Model(BaseModel):
         allow_inf_nan=False,
         hide_input_in_errors=True,
     )
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_as_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """``True`` is not the number 1 here: a boolean is refused where a number goes."""
+        if isinstance(value, bool) and info.field_name is not None:
+            field = cls.model_fields.get(info.field_name)
+            if (
+                field is not None
+                and _takes_number(field.annotation)
+                and not _takes_bool(field.annotation)
+            ):
+                raise ValueError("must be a number, not a boolean")
+        return value
 
     def model_copy(self, *, update: Mapping[str, Any] | None = None, deep: bool = False) -> Self:
         """A copy, with the fields in ``update`` changed and the result validated.
@@ -189,7 +223,11 @@ class LimitsConfig(_Model):
     quota_cooldown: float = Field(
         default=3600.0,
         ge=0,
-        description="Seconds to pause after an exhausted quota that names no reset time.",
+        le=86_400,
+        description=(
+            "Seconds to pause after an exhausted quota that names no reset time "
+            "(at most a day, the longest pause any answer can cause)."
+        ),
     )
     safety_margin: float = Field(
         default=0.02,

@@ -16,6 +16,7 @@ from a :class:`~ratelimit_sdk.config.ClientConfig`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import threading
 from collections import deque
@@ -26,11 +27,11 @@ from typing import Any, Generic, TypeVar
 
 from ._redact import get_logger
 from .breaker import Breaker, Probe, shared_storage
-from .classify import classify, classify_failure, error_for, server_wait
+from .classify import MAX_SERVER_WAIT, classify, classify_failure, error_for, server_wait
 from .clock import Clock
 from .config import ClientConfig, LimitsConfig, ProviderConfig
 from .errors import AcquireTimeout, CircuitOpenError, ProviderError, RateLimitSDKError
-from .hooks import Event, Hooks
+from .hooks import Event, Held, Hooks
 from .limiter import Limiter, Permit, from_backend
 from .models import (
     Attempt,
@@ -60,6 +61,11 @@ __all__ = [
 _log = get_logger("ratelimit_sdk.guard")
 
 T = TypeVar("T")
+
+#: A reported ``usage`` is believed up to this many times what the request could
+#: cost (prompt characters, each at most a token, plus ``max_tokens``): generous
+#: for any tokenizer, and far from the 1e7 or 1e20 a hostile server may send.
+USAGE_FACTOR = 2
 
 #: How many recent admission waits each guard keeps for the p50/p95 figures.
 WAIT_SAMPLES = 1024
@@ -156,12 +162,15 @@ class Admission:
 
     __slots__ = (
         "_cancel",
+        "_ceiling",
         "_guard",
         "_handed_over",
+        "_held",
         "_look",
         "_max_wait",
         "_recorded",
         "_skip_paused",
+        "_stream",
         "_tokens",
         "admitted_at",
         "permit",
@@ -178,15 +187,19 @@ class Admission:
         max_wait: float,
         cancel: threading.Event | None,
         skip_paused: bool,
+        ceiling: int = 0,
     ) -> None:
         self._guard = guard
         self._tokens = tokens
+        self._ceiling = ceiling
         self._max_wait = max_wait
         self._cancel = cancel
         self._skip_paused = skip_paused
         self._recorded = False
         self._handed_over = False
         self._look: Permit | Availability | None = None
+        self._held: Held | None = None
+        self._stream: ChatStream | None = None
         self.permit: Permit | None = None
         self.probe: Probe | None = None
         self.refusal: AttemptResult | None = None
@@ -233,6 +246,7 @@ class Admission:
             raise Cancelled
         self.admitted_at = guard.clock.monotonic()
         guard._count_wait(self.admitted_at - self.started)
+        self._held = guard.hooks.hold()  # no hook runs while this permit is held
 
     def record(
         self,
@@ -246,18 +260,22 @@ class Admission:
         assert self.permit is not None and self.probe is not None and not self._recorded
         if self._tokens and completion is not None and completion.usage is not None:
             # Only a charged estimate needs settling (no token budget: nothing to correct).
-            self.permit.settle(tokens=completion.usage.total_tokens)
+            # A server's figure is believed only up to what the request could cost.
+            used = max(0, min(completion.usage.total_tokens, self._ceiling))
+            self.permit.settle(tokens=used)
         result = self._guard._record(
             verdict, completion, self.probe, self.started, retry_index, error
         )
         self._recorded = True  # only now: an interrupt inside still gives the probe back
         return result
 
-    def hand_over(self) -> Permit:
-        """Give the permit to whoever releases it later (a stream); ``__exit__`` keeps off it."""
-        assert self.permit is not None
+    def hand_over(self, stream: ChatStream) -> None:
+        """``stream`` holds the permit from now on and releases it; ``__exit__`` keeps off it.
+
+        The attempt's events fire when the stream closes (its permit is back then).
+        """
+        self._stream = stream
         self._handed_over = True
-        return self.permit
 
     def __exit__(
         self,
@@ -281,8 +299,23 @@ class Admission:
                 self._recorded = True
                 self._guard._give_back(probe)
         finally:
-            if permit is not None and not self._handed_over:
-                permit.release()
+            try:
+                if permit is not None and not self._handed_over:
+                    permit.release()
+            finally:
+                self._fire_held()
+
+    def _fire_held(self) -> None:
+        """Run the hooks of the events held while the permit was (now it is back)."""
+        held, self._held = self._held, None
+        hooks = self._guard.hooks
+        events = hooks.unhold(held)
+        if not events:
+            return
+        if self._handed_over and self._stream is not None:
+            self._stream.on_close(functools.partial(hooks.fire, events))
+        else:
+            hooks.fire(events)
 
 
 class Guard:
@@ -367,8 +400,28 @@ class Guard:
         """Call ``fn()`` whenever this provider's limiter frees room (where it can tell)."""
         self.limiter.add_listener(fn)
 
-    def _token_estimate(self, request: ChatRequest) -> int:
-        budgets = [
+    def token_ceiling(self, request: ChatRequest) -> int:
+        """The most LLM tokens a reported ``usage`` may charge for ``request``.
+
+        A server's figure (``usage.total_tokens``) is clamped to what the request
+        could have cost, ``USAGE_FACTOR * (prompt characters + max_tokens)`` when
+        ``max_tokens`` is known, and never to more than one window of the token
+        budget (``tokens_per_minute``): no answer can lock a provider out for longer
+        than a minute's budget takes to refill.
+        """
+        budgets = self._token_budgets()
+        ceiling = int(min(budgets)) if budgets else 0
+        limit = request.max_tokens
+        if limit is None:
+            other = request.params.get("max_completion_tokens")
+            limit = other if isinstance(other, int) and not isinstance(other, bool) else None
+        if limit is not None:
+            could = USAGE_FACTOR * (request.prompt_chars() + limit) + 16
+            ceiling = min(ceiling, could) if ceiling else could
+        return ceiling
+
+    def _token_budgets(self) -> list[float]:
+        return [
             b
             for b in (
                 self.config.limits.tokens_per_minute,
@@ -376,6 +429,9 @@ class Guard:
             )
             if b is not None
         ]
+
+    def _token_estimate(self, request: ChatRequest) -> int:
+        budgets = self._token_budgets()
         if not budgets:
             return 0
         return int(min(request.estimate_tokens(), *budgets))
@@ -397,8 +453,14 @@ class Guard:
         (the chain moves on); ``False`` waits through the cooldown within ``max_wait``.
         """
         tokens = 0 if request is None else self._token_estimate(request)
+        ceiling = 0 if not tokens or request is None else self.token_ceiling(request)
         return Admission(
-            self, tokens=tokens, max_wait=max_wait, cancel=cancel, skip_paused=skip_paused
+            self,
+            tokens=tokens,
+            max_wait=max_wait,
+            cancel=cancel,
+            skip_paused=skip_paused,
+            ceiling=ceiling,
         )
 
     def _refuse_open(self) -> AttemptResult:
@@ -518,13 +580,15 @@ class Guard:
             raise
         ok = Verdict(Outcome.OK, BreakerVote.SUCCESS, retry_same=False, status=stream.status)
         result = adm.record(ok)
+        assert adm.permit is not None
         held = ChatStream(
             stream,
             provider=self.name,
             model=stream.model or self.model,
             first=first,
-            permit=adm.hand_over(),
+            permit=adm.permit,
         )
+        adm.hand_over(held)
         return dataclasses.replace(result, stream=held)
 
     # -- any callable --------------------------------------------------------------------------
@@ -699,11 +763,14 @@ class Guard:
                 counters.errors += 1
 
     def _cooldown_for(self, verdict: Verdict, retry_index: int) -> float:
+        """The pause ``verdict`` calls for, never longer than :data:`MAX_SERVER_WAIT` (a day)."""
         if verdict.outcome is Outcome.RATE_LIMITED:
-            return self.backoff.cooldown_for(retry_index, verdict.cooldown)
-        if verdict.outcome is Outcome.QUOTA_EXHAUSTED:
-            return verdict.cooldown or self.config.limits.quota_cooldown
-        return verdict.cooldown or 0.0
+            wait = self.backoff.cooldown_for(retry_index, verdict.cooldown)
+        elif verdict.outcome is Outcome.QUOTA_EXHAUSTED:
+            wait = verdict.cooldown or self.config.limits.quota_cooldown
+        else:
+            wait = verdict.cooldown or 0.0
+        return min(wait, MAX_SERVER_WAIT)
 
     def count_retry(self) -> None:
         """Count one retry on this provider (the chain decides them)."""

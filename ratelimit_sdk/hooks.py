@@ -16,6 +16,13 @@ happens in the data path:
 
 A hook that raises is logged (with its traceback) and ignored: it never breaks
 a call and never leaks a permit. Keep hooks quick; they run on the call's path.
+
+Hooks never run while the call holds a permit: the events of an attempt (its
+``attempt``, ``cooldown``, ``rate_limited`` and breaker events) are held while
+the attempt's permit is, and fire right after it is released. So a hook may call
+the same client again (even on a provider with ``max_concurrent=1``) without
+waiting for its own caller's permit. A streamed answer keeps its permit until the
+stream ends or is closed; the events of its successful attempt fire then.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any
 from ._redact import get_logger
 from .models import Outcome
 
-__all__ = ["EVENTS", "Event", "HookFn", "Hooks"]
+__all__ = ["EVENTS", "Event", "Held", "HookFn", "Hooks"]
 
 _log = get_logger("ratelimit_sdk.hooks")
 
@@ -69,12 +76,21 @@ class Event:
 HookFn = Callable[[Event], Any]
 
 
+@dataclass(slots=True)
+class Held:
+    """Events held by one :meth:`Hooks.hold`, and the hold it is nested in."""
+
+    events: list[Event]
+    outer: list[Event] | None
+
+
 class Hooks:
     """A registry of hook functions by event name. Thread-safe (copy-on-write)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._fns: dict[str, tuple[HookFn, ...]] = {}
+        self._local = threading.local()  # .held: this thread's held events, or absent
 
     def on(self, name: str, fn: HookFn) -> HookFn:
         """Call ``fn(event)`` on every ``name`` event; returns ``fn`` (usable as decorator)."""
@@ -94,8 +110,38 @@ class Hooks:
     def __bool__(self) -> bool:
         return any(self._fns.values())
 
+    def hold(self) -> Held | None:
+        """Hold this thread's events from now until :meth:`unhold` (``None``: no hooks).
+
+        What a guard does while it holds a permit: hooks must not run under one.
+        """
+        if not self:
+            return None
+        held = Held([], getattr(self._local, "held", None))
+        self._local.held = held.events
+        return held
+
+    def unhold(self, held: Held | None) -> list[Event]:
+        """Stop holding (back to the enclosing hold, if any); the events held meanwhile."""
+        if held is None:
+            return []
+        self._local.held = held.outer
+        return held.events
+
+    def fire(self, events: list[Event]) -> None:
+        """Emit ``events`` (held ones, once their permit is back)."""
+        for event in events:
+            self.emit(event)
+
     def emit(self, event: Event) -> None:
-        """Call every hook for ``event.name`` (and ``*``); a raising hook is logged only."""
+        """Call every hook for ``event.name`` (and ``*``); a raising hook is logged only.
+
+        While this thread holds its events (:meth:`hold`), the event waits instead.
+        """
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            held.append(event)
+            return
         fns = self._fns.get(event.name, ()) + self._fns.get("*", ())
         for fn in fns:
             try:
