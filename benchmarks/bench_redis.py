@@ -9,7 +9,10 @@ stops it at the end; it never touches a Redis it did not start.
    ``RedisLimiter``, counted on the client (each command written to a
    connection) and on the server (``INFO commandstats`` delta of EVALSHA), for a
    plain limiter, one with every limit set (none binding), and a pool member.
-   Target: at most 2 round trips per acquire+release.
+   Target: at most 2 round trips per acquire+release. Also one uncontended
+   ``Client.chat`` over a chain of 1 and of 4 providers (the first admits at
+   once), counted at redis-py's connections for the calling thread: every
+   command of the limiter and of the breaker shared through it. Target: at most 2.
 2. Latency per acquire+release against a bare ``PING`` on the same client, in
    interleaved rounds (so noise falls on both alike): median microseconds, and
    the ratio to one PING (2.0 would be two PINGs' worth).
@@ -128,6 +131,55 @@ def command_calls(admin: redis.Redis, command: str) -> int:
 def evalsha_calls(admin: redis.Redis) -> int:
     """EVALSHA calls the server has run so far."""
     return command_calls(admin, "evalsha")
+
+
+def chat_round_trips(url: str, providers: int, n: int) -> float:
+    """Redis round trips per uncontended ``Client.chat`` over a chain of ``providers``."""
+    import threading
+
+    import redis.connection
+
+    from ratelimit_sdk import Client
+    from ratelimit_sdk.testing import FakeProvider
+
+    fakes = [FakeProvider(f"p{i}").start() for i in range(providers)]
+    config = {
+        "backend": url,
+        "key_prefix": f"bench-chat-{providers}",
+        "providers": [
+            {
+                "name": f"p{i}",
+                "base_url": f.base_url,
+                "model": "m",
+                "priority": i,
+                "limits": {"max_concurrent": 4},
+            }
+            for i, f in enumerate(fakes)
+        ],
+    }
+    client = Client(config)
+    cls = redis.connection.AbstractConnection
+    original = cls.send_packed_command
+    me = threading.get_ident()
+    sent = [0]
+
+    def counting(self: Any, command: Any, check_health: bool = True) -> Any:
+        if threading.get_ident() == me:
+            sent[0] += 1
+        return original(self, command, check_health)
+
+    try:
+        for _ in range(3):
+            client.chat("warm up")
+        cls.send_packed_command = counting  # type: ignore[method-assign]
+        for _ in range(n):
+            client.chat("hello")
+    finally:
+        cls.send_packed_command = original  # type: ignore[method-assign]
+        client.close()
+        for fake in fakes:
+            fake.stop()
+    return sent[0] / n
 
 
 def pairs(lim: Limiter) -> Callable[[int], None]:
@@ -409,6 +461,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{worst:.2f}",
             f"<= {ROUND_TRIP_TARGET:g}",
             worst <= ROUND_TRIP_TARGET,
+        )
+        n_chats = 20 if quick else 200
+        chat_rows = [
+            (f"Client.chat, chain of {k}", chat_round_trips(url, k, n_chats)) for k in (1, 4)
+        ]
+        print_table(
+            f"1b. Redis round trips per uncontended Client.chat ({n_chats} calls each)",
+            ["call", "round trips"],
+            chat_rows,
+        )
+        chat_worst = max(rt for _, rt in chat_rows)
+        report.check(
+            "round trips per uncontended Client.chat (1 and 4 providers)",
+            f"{chat_worst:.2f}",
+            f"<= {ROUND_TRIP_TARGET:g}",
+            chat_worst <= ROUND_TRIP_TARGET,
         )
 
         # -- 2. latency ----------------------------------------------------------------------
