@@ -55,6 +55,11 @@ _log = get_logger("ratelimit_sdk.chain")
 #: a release from another process or a permit freed by the garbage collector).
 FLEET_WAKE_CAP = 0.5
 
+#: Seconds (doubling per repeat, up to ``FLEET_WAKE_CAP``) a call pauses when the
+#: fleet said a provider had room but the look that followed was refused again
+#: (another caller was faster): a bound on spinning, not a wait anybody plans on.
+FLEET_SPIN_PAUSE = 0.001
+
 
 class Fleet:
     """Where calls wait when every provider of the rest of their chain is full.
@@ -325,6 +330,7 @@ class Chain:
         fleet_until: float | None = None  # end of this admission's wait for "any provider"
         fleet_since = 0.0
         waited_enough = False
+        spins = 0  # looks refused right after the fleet said someone had room
         while True:
             if walk.cancel is not None and walk.cancel.is_set():
                 raise Cancelled
@@ -346,23 +352,22 @@ class Chain:
                 break
             if self._free_later(walk, index):
                 break  # never queue here while a later provider could take it now
-            # Everyone from here on is full or paused: wait for the first to have room, rather than
-            # in this provider's queue while a later one frees up first. The whole wait
-            # for this admission stays within max_queue_wait; then one more look.
+            # Everyone from here on is full or paused: wait for the first to have room,
+            # rather than in this provider's queue while a later one frees up first. The
+            # whole wait for this admission stays within max_queue_wait; then one more look.
             if fleet_until is None:
                 max_wait = guard.max_queue_wait
                 fleet_since = now
                 fleet_until = (
                     walk.deadline if max_wait is None else min(walk.deadline, now + max_wait)
                 )
+            elif spins:  # the last "room now" was taken by someone else: do not spin
+                self._sleep(min(FLEET_SPIN_PAUSE * 2**spins, FLEET_WAKE_CAP), walk.cancel)
             rest = self.guards[index:]
             waited_enough = not self.fleet.wait_any(rest, walk.request, fleet_until, walk.cancel)
+            spins += 1
         if fleet_until is not None:  # the wait for "any provider" was this admission's wait
-            waited = self.clock.monotonic() - fleet_since - result.attempt.elapsed
-            attempt = dataclasses.replace(
-                result.attempt, elapsed=result.attempt.elapsed + max(0.0, waited)
-            )
-            result = dataclasses.replace(result, attempt=attempt)
+            result = _add_wait(result, self.clock.monotonic() - fleet_since)
         walk.record(result.attempt)
         return result
 
@@ -415,6 +420,13 @@ class Chain:
             finish_reason=completion.finish_reason,
         )
         return response, result, attempts
+
+
+def _add_wait(result: AttemptResult, since_start: float) -> AttemptResult:
+    """``result`` with the wait for "any provider" counted in its attempt's elapsed time."""
+    extra = max(0.0, since_start - result.attempt.elapsed)
+    attempt = dataclasses.replace(result.attempt, elapsed=result.attempt.elapsed + extra)
+    return dataclasses.replace(result, attempt=attempt)
 
 
 def _failure_message(attempts: list[Attempt]) -> str:

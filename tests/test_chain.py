@@ -629,3 +629,24 @@ def test_a_release_notifies_the_fleet_while_a_waiter_is_asking_the_guards(
     waiter.join(10)
     assert done_in_time
     assert not waiter.is_alive()
+
+
+def test_a_provider_that_says_it_has_room_but_refuses_cannot_make_the_chain_spin(
+    clock: FakeClock, hooks: Hooks
+) -> None:
+    """The fleet says "room now", the look that follows is refused: the call pauses, growing."""
+    from ratelimit_sdk.guard import AttemptResult
+    from ratelimit_sdk.models import Availability
+
+    class Liar(_InterfaceOnlyGuard):
+        looks = 0
+
+        def attempt(self, request: object, **options: object) -> object:
+            Liar.looks += 1
+            pause = Availability(None, reason=Outcome.BUSY)
+            return AttemptResult(Attempt(self.name, Outcome.BUSY), pause=pause)
+
+    chain = Chain([Liar("a", [], clock), Liar("b", [], clock)], clock=clock, hooks=hooks)  # type: ignore[list-item]
+    with pytest.raises(AllProvidersFailed):
+        chain.run(REQUEST, deadline=clock.monotonic() + 30)
+    assert Liar.looks < 400  # without the pause it looked forever (the fake clock stood still)
