@@ -1,0 +1,270 @@
+"""The call's one deadline holds while reading: hostile servers cannot keep a call past it.
+
+Each server is a raw socket on 127.0.0.1, served by bounded threads: it trickles the body
+(headers, then one byte every 0.5 s), trickles the headers (one byte every 0.3 s), or sends
+an event stream that makes no progress (only ``: keep-alive`` comments, or only
+role-only deltas). Every byte arrives well within the read timeout, so only the deadline
+can end the call: ``chat(timeout=2)`` must end within deadline + 0.5 s with a
+``ProviderTimeout`` as the attempt's error, and give its permit back.
+
+Every server loop is bounded (a fixed number of sends and a stop event), so a regression
+fails the timing assertion instead of hanging the suite.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from ratelimit_sdk import AllProvidersFailed, ChatStream, Client
+from ratelimit_sdk.errors import ProviderTimeout
+from ratelimit_sdk.models import ChatRequest
+from ratelimit_sdk.providers import OpenAICompatProvider
+from ratelimit_sdk.config import ProviderConfig
+
+#: The call's deadline in these tests, seconds.
+DEADLINE = 2.0
+#: What a call may take beyond its deadline (thread wake-ups on a noisy machine).
+SLACK = 0.5
+#: Most sends of any hostile server, so that no loop runs unbounded.
+MAX_SENDS = 60
+
+Behaviour = Callable[[socket.socket, threading.Event], None]
+
+
+def _read_request(conn: socket.socket) -> None:
+    """Read one request: its head, then Content-Length bytes of body (bounded)."""
+    data = b""
+    conn.settimeout(5.0)
+    while b"\r\n\r\n" not in data and len(data) < 65536:
+        piece = conn.recv(4096)
+        if not piece:
+            return
+        data += piece
+    head, _, body = data.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value.strip())
+    while len(body) < length:
+        piece = conn.recv(4096)
+        if not piece:
+            return
+        body += piece
+
+
+def _trickle(conn: socket.socket, stop: threading.Event, data: bytes, every: float) -> None:
+    for index in range(min(len(data), MAX_SENDS)):
+        if stop.wait(every):
+            return
+        conn.sendall(data[index : index + 1])
+
+
+def body_trickle(conn: socket.socket, stop: threading.Event) -> None:
+    """Headers at once, then the body one byte every 0.5 s."""
+    conn.sendall(
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 4000\r\n\r\n"
+    )
+    _trickle(conn, stop, b'{"choices": [' + b" " * 4000, 0.5)
+
+
+def header_trickle(conn: socket.socket, stop: threading.Event) -> None:
+    """The head one byte every 0.3 s: it never ends within the test."""
+    _trickle(conn, stop, b"HTTP/1.1 200 OK\r\nX-Slow: " + b"a" * 4000, 0.3)
+
+
+_SSE_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nConnection: close\r\n\r\n"
+
+
+def _repeat(conn: socket.socket, stop: threading.Event, event: bytes, every: float) -> None:
+    for _ in range(MAX_SENDS):
+        if stop.wait(every):
+            return
+        conn.sendall(event)
+
+
+def keep_alive_stream(conn: socket.socket, stop: threading.Event) -> None:
+    """An event stream of ``: keep-alive`` comments only."""
+    conn.sendall(_SSE_HEAD)
+    _repeat(conn, stop, b": keep-alive\n\n", 0.3)
+
+
+def _data(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload).encode() + b"\n\n"
+
+
+ROLE_ONLY = _data({"choices": [{"index": 0, "delta": {"role": "assistant"}}]})
+
+
+def role_only_stream(conn: socket.socket, stop: threading.Event) -> None:
+    """An event stream of deltas that carry only ``role``, never any content."""
+    conn.sendall(_SSE_HEAD)
+    _repeat(conn, stop, ROLE_ONLY, 0.3)
+
+
+def first_chunk_then_stall(conn: socket.socket, stop: threading.Event) -> None:
+    """One text chunk, then only keep-alive comments and role-only deltas."""
+    conn.sendall(_SSE_HEAD + ROLE_ONLY)
+    conn.sendall(_data({"choices": [{"index": 0, "delta": {"content": "hello"}}]}))
+    for index in range(MAX_SENDS):
+        if stop.wait(0.2):
+            return
+        conn.sendall(ROLE_ONLY if index % 2 else b": keep-alive\n\n")
+
+
+class HostileServer:
+    """A raw-socket HTTP server on 127.0.0.1 that answers every request with ``behaviour``."""
+
+    def __init__(self, behaviour: Behaviour) -> None:
+        self._behaviour = behaviour
+        self._stop = threading.Event()
+        self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._listener.bind(("127.0.0.1", 0))
+        self._listener.listen(16)
+        self._listener.settimeout(0.1)
+        self.port: int = self._listener.getsockname()[1]
+        self.requests = 0
+        self._threads: list[threading.Thread] = []
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
+
+    @property
+    def base_url(self) -> str:
+        """Where the server listens."""
+        return f"http://127.0.0.1:{self.port}/v1"
+
+    def _accept(self) -> None:
+        deadline = time.monotonic() + 120.0
+        while not self._stop.is_set() and time.monotonic() < deadline:
+            try:
+                conn, _ = self._listener.accept()
+            except OSError:
+                continue
+            self.requests += 1
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            try:
+                _read_request(conn)
+                self._behaviour(conn, self._stop)
+            except OSError:
+                pass  # the client hung up: that is what the deadline does
+
+    def close(self) -> None:
+        """Stop serving and wait (bounded) for the threads."""
+        self._stop.set()
+        self._acceptor.join(timeout=5.0)
+        for thread in self._threads:
+            thread.join(timeout=5.0)
+        self._listener.close()
+
+
+def _server(behaviour: Behaviour) -> Iterator[HostileServer]:
+    server = HostileServer(behaviour)
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+def _client(server: HostileServer, **timeouts: float) -> Client:
+    return Client(
+        {
+            "providers": [
+                {
+                    "name": "hostile",
+                    "base_url": server.base_url,
+                    "model": "m",
+                    "limits": {"max_concurrent": 1},
+                    "retry": {"max_retries": 0, "base_delay": 0.01},
+                    "timeout": {"connect": 2.0, "read": 5.0, **timeouts},
+                }
+            ]
+        }
+    )
+
+
+def _assert_timed_out(client: Client, stream: bool) -> ProviderTimeout:
+    started = time.monotonic()
+    with pytest.raises(AllProvidersFailed) as caught:
+        client.chat("hi", timeout=DEADLINE, stream=stream)  # type: ignore[call-overload]
+    elapsed = time.monotonic() - started
+    # The watchdog acts at the deadline; the slack covers thread wake-ups.
+    assert elapsed < DEADLINE + SLACK, f"took {elapsed:.2f} s"
+    attempts = caught.value.attempts
+    assert attempts, "no attempt was made"
+    assert all(a.outcome.value == "timeout" for a in attempts), attempts
+    error = attempts[-1].error
+    assert isinstance(error, ProviderTimeout), error
+    assert "deadline passed" in str(error)
+    assert client.stats()["hostile"].in_flight == 0
+    return error
+
+
+BEHAVIOURS: dict[str, Behaviour] = {
+    "body trickle": body_trickle,
+    "header trickle": header_trickle,
+    "keep-alive only": keep_alive_stream,
+    "role-only deltas": role_only_stream,
+}
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["chat", "stream"])
+@pytest.mark.parametrize("kind", list(BEHAVIOURS))
+def test_the_deadline_ends_a_hostile_answer(kind: str, stream: bool) -> None:
+    for server in _server(BEHAVIOURS[kind]):
+        with _client(server) as client:
+            error = _assert_timed_out(client, stream)
+        phase = {
+            "body trickle": "reading the body",
+            "header trickle": "waiting for the answer",
+        }.get(kind, "waiting for the first text chunk" if stream else "reading the body")
+        assert phase in str(error)
+
+
+def test_a_stream_that_stalls_after_its_first_chunk_times_out_from_the_iteration() -> None:
+    for server in _server(first_chunk_then_stall):
+        with _client(server, stream_idle=1.0) as client:
+            stream = client.chat("hi", timeout=30, stream=True)
+            assert isinstance(stream, ChatStream)
+            assert client.stats()["hostile"].in_flight == 1
+            started = time.monotonic()
+            chunks: list[str] = []
+            with pytest.raises(ProviderTimeout, match="idle"):
+                for chunk in stream:
+                    chunks.append(chunk)
+            elapsed = time.monotonic() - started
+            assert chunks == ["hello"]
+            # Keep-alive comments and role-only deltas kept arriving: only the idle
+            # timeout (1 s, measured from the first chunk) could end it.
+            assert elapsed < 1.0 + SLACK + 0.5, f"took {elapsed:.2f} s"
+            assert stream.closed
+            assert client.stats()["hostile"].in_flight == 0
+
+
+def test_the_provider_alone_enforces_its_deadline() -> None:
+    """``send(time_left=...)`` bounds the exchange without the guard around it."""
+    for server in _server(header_trickle):
+        provider = OpenAICompatProvider(
+            ProviderConfig(name="p", base_url=server.base_url, model="m"), api_key=None
+        )
+        started = time.monotonic()
+        with pytest.raises(ProviderTimeout, match="deadline passed"):
+            provider.send(
+                ChatRequest(messages=({"role": "user", "content": "hi"},)),
+                connect_timeout=2.0,
+                read_timeout=5.0,
+                time_left=1.0,
+            )
+        assert time.monotonic() - started < 1.0 + SLACK
+        provider.close()
