@@ -23,10 +23,10 @@ from typing import Any
 import pytest
 
 from ratelimit_sdk import AllProvidersFailed, ChatStream, Client
+from ratelimit_sdk.config import ProviderConfig
 from ratelimit_sdk.errors import ProviderTimeout
 from ratelimit_sdk.models import ChatRequest
 from ratelimit_sdk.providers import OpenAICompatProvider
-from ratelimit_sdk.config import ProviderConfig
 
 #: The call's deadline in these tests, seconds.
 DEADLINE = 2.0

@@ -20,9 +20,10 @@ from types import TracebackType
 import requests
 
 from .._redact import get_logger
-from ..errors import ProviderConnectionError, RateLimitSDKError
+from ..errors import ProviderConnectionError, ProviderTimeout, RateLimitSDKError
 from ..models import Completion, ErrorBody, Reply, Usage
 from ._body import READ_CHUNK
+from ._deadline import PHASE_IDLE, Watch
 from ._translate import TRANSPORT_ERRORS, map_transport_errors
 
 #: What closing a response whose socket is broken may raise (logged, then ignored).
@@ -168,6 +169,13 @@ class StreamReply:
     ``max_event_bytes`` caps each line and event payload, as :class:`SSEParser`'s
     ``max_bytes`` does (``None``: :data:`MAX_EVENT_BYTES`). ``read_timeout`` (seconds,
     if known) only words the message of a timeout.
+
+    ``watch`` (from the provider, armed with the call's deadline) bounds the wait for the
+    first text chunk; from then on, each wait for the next text chunk is bounded by
+    ``idle_timeout`` seconds (``None``: the watch ends with the first chunk). Only text
+    counts as progress: keep-alive comments and events without text (a role-only delta,
+    a ping) do not. When the watch fires, the connection is shut down and the iteration
+    raises :class:`~ratelimit_sdk.errors.ProviderTimeout`.
     """
 
     def __init__(
@@ -182,9 +190,13 @@ class StreamReply:
         on_event: EventHandler | None = None,
         max_event_bytes: int | None = None,
         read_timeout: float | None = None,
+        watch: Watch | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.provider = provider
         self._read_timeout = read_timeout
+        self._watch = watch
+        self._idle_timeout = idle_timeout
         self.status = status
         self.headers = headers
         self.elapsed = elapsed
@@ -291,6 +303,7 @@ class StreamReply:
                         raise self._error_event(state.error)
                     if delta:
                         self._parts.append(delta)
+                        self._progress()
                         yield delta
                     if state.done:
                         break
@@ -302,9 +315,13 @@ class StreamReply:
                     f"{self.provider}: event stream ended before its end marker",
                     provider=self.provider,
                 )
-        except RateLimitSDKError:
+        except RateLimitSDKError as exc:
+            if self._fired():  # the watchdog shut the socket down: that is why it ended
+                raise self._timeout() from exc
             raise
         except StreamProtocolError as exc:
+            if self._fired():
+                raise self._timeout() from None
             raise ProviderConnectionError(
                 f"{self.provider}: malformed event stream ({exc})", provider=self.provider
             ) from exc
@@ -313,10 +330,31 @@ class StreamReply:
                 # Closed by the consumer, maybe from another thread: a read on a closed
                 # response raises whatever the socket layer has at hand.
                 return
+            if self._fired():
+                raise self._timeout() from None
             with map_transport_errors(self.provider, read_timeout=self._read_timeout):
                 raise
         finally:
             self.close()
+
+    def _progress(self) -> None:
+        """A text chunk arrived: the deadline is met; the idle timeout starts over."""
+        watch = self._watch
+        if watch is None:
+            return
+        if self._idle_timeout is None:
+            watch.finish()
+            self._watch = None
+        else:
+            watch.extend(self._idle_timeout, PHASE_IDLE)
+
+    def _fired(self) -> bool:
+        return self._watch is not None and self._watch.fired
+
+    def _timeout(self) -> ProviderTimeout:
+        assert self._watch is not None
+        self._watch.finish()
+        return self._watch.timeout(self.provider)
 
     def _error_event(self, error: ErrorBody) -> ProviderConnectionError:
         text = error.message or error.type or error.code or "error event"
@@ -331,6 +369,8 @@ class StreamReply:
         if self._closed and self._response is None:
             return
         self._closed = True
+        if self._watch is not None:
+            self._watch.finish()  # before the connection can go back to the pool
         response, self._response = self._response, None
         if response is not None:
             try:
