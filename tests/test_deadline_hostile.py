@@ -14,6 +14,7 @@ fails the timing assertion instead of hanging the suite.
 from __future__ import annotations
 
 import json
+import math
 import socket
 import threading
 import time
@@ -26,7 +27,9 @@ from ratelimit_sdk import AllProvidersFailed, ChatStream, Client
 from ratelimit_sdk.config import ProviderConfig
 from ratelimit_sdk.errors import ProviderTimeout
 from ratelimit_sdk.models import ChatRequest
-from ratelimit_sdk.providers import OpenAICompatProvider
+from ratelimit_sdk.providers import OpenAICompatProvider, _deadline
+from ratelimit_sdk.providers._deadline import arm
+from ratelimit_sdk.testing import FakeProvider
 
 #: The call's deadline in these tests, seconds.
 DEADLINE = 2.0
@@ -131,6 +134,8 @@ class HostileServer:
         self._listener.settimeout(0.1)
         self.port: int = self._listener.getsockname()[1]
         self.requests = 0
+        #: Set when a send failed: the client dropped the connection.
+        self.dropped = threading.Event()
         self._threads: list[threading.Thread] = []
         self._acceptor = threading.Thread(target=self._accept, daemon=True)
         self._acceptor.start()
@@ -158,7 +163,7 @@ class HostileServer:
                 _read_request(conn)
                 self._behaviour(conn, self._stop)
             except OSError:
-                pass  # the client hung up: that is what the deadline does
+                self.dropped.set()  # the client hung up: that is what the deadline does
 
     def close(self) -> None:
         """Stop serving and wait (bounded) for the threads."""
@@ -177,7 +182,7 @@ def _server(behaviour: Behaviour) -> Iterator[HostileServer]:
         server.close()
 
 
-def _client(server: HostileServer, **timeouts: float) -> Client:
+def _client(server: HostileServer, api: str = "openai", **timeouts: float) -> Client:
     return Client(
         {
             "providers": [
@@ -185,6 +190,7 @@ def _client(server: HostileServer, **timeouts: float) -> Client:
                     "name": "hostile",
                     "base_url": server.base_url,
                     "model": "m",
+                    "api": api,
                     "limits": {"max_concurrent": 1},
                     "retry": {"max_retries": 0, "base_delay": 0.01},
                     "timeout": {"connect": 2.0, "read": 5.0, **timeouts},
@@ -230,6 +236,22 @@ def test_the_deadline_ends_a_hostile_answer(kind: str, stream: bool) -> None:
             "header trickle": "waiting for the answer",
         }.get(kind, "waiting for the first text chunk" if stream else "reading the body")
         assert phase in str(error)
+        # The connection was dropped: the server's sends start failing soon after.
+        assert server.dropped.wait(5.0)
+
+
+def anthropic_pings(conn: socket.socket, stream_stop: threading.Event) -> None:
+    """An Anthropic stream that starts a message, then only pings."""
+    start = {"type": "message_start", "message": {"model": "m", "usage": {"input_tokens": 1}}}
+    conn.sendall(_SSE_HEAD + b"event: message_start\n" + _data(start))
+    _repeat(conn, stream_stop, b"event: ping\n" + _data({"type": "ping"}), 0.3)
+
+
+def test_the_deadline_ends_an_anthropic_stream_of_pings() -> None:
+    for server in _server(anthropic_pings):
+        with _client(server, api="anthropic") as client:
+            error = _assert_timed_out(client, stream=True)
+        assert "waiting for the first text chunk" in str(error)
 
 
 def test_a_stream_that_stalls_after_its_first_chunk_times_out_from_the_iteration() -> None:
@@ -267,4 +289,83 @@ def test_the_provider_alone_enforces_its_deadline() -> None:
                 time_left=1.0,
             )
         assert time.monotonic() - started < 1.0 + SLACK
+        provider.close()
+
+
+def test_a_finished_watch_never_touches_a_connection_reused_after_it() -> None:
+    """A fast call's deadline passes while its kept-alive connection serves a slow one."""
+    with FakeProvider("reuse") as fake:
+        provider = OpenAICompatProvider(
+            ProviderConfig(name="p", base_url=fake.base_url, model="m"),
+            api_key=None,
+            pool_size=1,
+        )
+        request = ChatRequest(messages=({"role": "user", "content": "hi"},))
+        for _ in range(3):  # short deadlines, all met
+            reply = provider.send(request, connect_timeout=2.0, read_timeout=5.0, time_left=0.3)
+            assert reply.status == 200
+        fake.set_latency(0.8)  # the same connection now outlives all three deadlines
+        reply = provider.send(request, connect_timeout=2.0, read_timeout=5.0, time_left=10.0)
+        assert reply.status == 200 and reply.completion is not None
+        with provider.stream(
+            request, connect_timeout=2.0, read_timeout=5.0, time_left=10.0, idle_timeout=5.0
+        ) as stream:
+            assert "".join(stream).startswith("echo")
+        provider.close()
+
+
+def test_no_bound_means_no_watch() -> None:
+    assert arm(None) is None
+    assert arm(math.inf) is None
+    assert arm(math.nan) is None
+    watch = arm(30.0)
+    assert watch is not None and watch.active
+    assert watch.finish() is False
+    assert watch.finish() is False  # idempotent
+    assert not watch.active
+
+
+def test_a_watch_fires_on_time_without_a_connection() -> None:
+    watch = arm(0.2)
+    assert watch is not None
+    started = time.monotonic()
+    for _ in range(100):  # bounded: 100 x 0.05 s
+        if watch.fired:
+            break
+        time.sleep(0.05)
+    assert watch.fired
+    assert 0.15 < time.monotonic() - started < 0.2 + SLACK + 1.0
+    assert watch.finish() is True
+    error = watch.timeout("p")
+    assert isinstance(error, ProviderTimeout)
+    assert str(error) == "p: deadline passed while waiting for the answer after 0.2 s"
+
+
+def test_finished_watches_do_not_pile_up() -> None:
+    for _ in range(5000):
+        watch = arm(600.0)
+        assert watch is not None
+        watch.finish()
+    assert len(_deadline._WATCHDOG._heap) < 4000
+
+
+def test_a_watch_that_fires_late_leaves_a_pooled_connection_alone() -> None:
+    """Its exchange's connection went back to the pool unfinished: another request owns it."""
+    with FakeProvider("late", latency=0.0) as fake:
+        provider = OpenAICompatProvider(
+            ProviderConfig(name="p", base_url=fake.base_url, model="m"),
+            api_key=None,
+            pool_size=1,
+        )
+        request = ChatRequest(messages=({"role": "user", "content": "hi"},))
+        late = arm(0.3)
+        assert late is not None
+        payload = provider._encode(request, stream=False)
+        response = provider._post(payload, 2.0, 5.0, "application/json", late)
+        assert response.content  # read whole: the connection is back in the pool
+        fake.set_latency(0.8)  # the next request, on that connection, outlives `late`
+        reply = provider.send(request, connect_timeout=2.0, read_timeout=5.0, time_left=10.0)
+        assert late.fired  # it fired while the connection served the other request
+        assert reply.status == 200 and reply.completion is not None
+        assert late.finish() is True
         provider.close()
