@@ -30,7 +30,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import requests.adapters
@@ -108,10 +107,9 @@ class Watch:
             self._sock = None
             if conn is not None and getattr(conn, "watch", None) is self:
                 conn.watch = None
-            fired = self.fired
-        if not fired:
-            _WATCHDOG.finished()
-        return fired
+            if not self.fired:
+                _WATCHDOG.finished()
+            return self.fired
 
     def timeout(self, provider: str) -> ProviderTimeout:
         """The error that ends an exchange whose watch fired."""
@@ -182,12 +180,12 @@ class _Watchdog:
                 self._cond.notify()
 
     def finished(self) -> None:
-        with self._cond:
-            self._stale += 1
-            if self._stale >= _COMPACT_AT and self._stale * 2 >= len(self._heap):
-                self._heap = [entry for entry in self._heap if entry[2].active]
-                heapq.heapify(self._heap)
-                self._stale = 0
+        """Count one more finished watch left in the heap (called with ``_lock`` held)."""
+        self._stale += 1
+        if self._stale >= _COMPACT_AT and self._stale * 2 >= len(self._heap):
+            self._heap = [entry for entry in self._heap if entry[2].active]
+            heapq.heapify(self._heap)
+            self._stale = 0
 
     def _run(self) -> None:
         with self._cond:
@@ -236,15 +234,15 @@ def arm(time_left: float | None) -> Watch | None:
     return watch
 
 
-@contextlib.contextmanager
-def watching(watch: Watch | None) -> Iterator[None]:
-    """Attach the connections this thread takes from a pool in the block to ``watch``."""
-    before = getattr(_current, "watch", None)
+def watching(watch: Watch | None) -> Watch | None:
+    """Attach the connections this thread takes from a pool to ``watch`` from now on.
+
+    Returns the watch it replaces; hand that back to :func:`watching` when the request
+    is out: ``before = watching(w)``, then ``try: ... finally: watching(before)``.
+    """
+    before: Watch | None = getattr(_current, "watch", None)
     _current.watch = watch
-    try:
-        yield
-    finally:
-        _current.watch = before
+    return before
 
 
 # -- the connection pools that attach their connections --------------------------------

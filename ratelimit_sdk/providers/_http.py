@@ -418,7 +418,8 @@ class HTTPProvider(abc.ABC):
     ) -> requests.Response:
         if self._closed:
             raise ProviderConnectionError(f"{self.name}: provider is closed", provider=self.name)
-        with watching(watch):
+        before = watching(watch)
+        try:
             return self._session.post(
                 self.url,
                 data=payload,
@@ -428,6 +429,8 @@ class HTTPProvider(abc.ABC):
                 stream=True,
                 verify=True,
             )
+        finally:
+            watching(before)
 
     def _reply(self, response: requests.Response, body: bytes, truncated: bool) -> Reply:
         status = response.status_code
