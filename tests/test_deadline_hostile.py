@@ -369,3 +369,26 @@ def test_a_watch_that_fires_late_leaves_a_pooled_connection_alone() -> None:
         assert reply.status == 200 and reply.completion is not None
         assert late.finish() is True
         provider.close()
+
+
+def text_then_pause_then_text(conn: socket.socket, stop: threading.Event) -> None:
+    """A chunk, then 1.3 s of nothing, then the rest (sent while the consumer still sleeps)."""
+    conn.sendall(_SSE_HEAD + _data({"choices": [{"index": 0, "delta": {"content": "one"}}]}))
+    if stop.wait(1.3):
+        return
+    conn.sendall(_data({"choices": [{"index": 0, "delta": {"content": " two"}}]}))
+    conn.sendall(b"data: [DONE]\n\n")
+
+
+def test_the_consumer_s_own_time_is_not_idle_time() -> None:
+    """The idle clock runs only while the stream waits for the server, not for the caller."""
+    for server in _server(text_then_pause_then_text):
+        with _client(server, stream_idle=1.0) as client:
+            stream = client.chat("hi", timeout=30, stream=True)
+            assert isinstance(stream, ChatStream)
+            chunks = iter(stream)
+            assert next(chunks) == "one"
+            time.sleep(1.6)  # the caller is busy for longer than the idle timeout
+            assert list(chunks) == [" two"]
+            assert stream.content == "one two"
+            assert client.stats()["hostile"].in_flight == 0

@@ -67,17 +67,22 @@ class Watch:
     """The time limit of one exchange. Thread-safe; made by :func:`arm`.
 
     ``due`` is on :func:`time.monotonic`'s scale. :meth:`extend` moves it (for a stream's
-    idle timeout), :meth:`finish` ends the watch. Once :attr:`fired`, the exchange's
-    socket is shut down and the exchange must end with :meth:`timeout`.
+    idle timeout), :meth:`pause` and :meth:`resume` stop and restart that clock while
+    the consumer holds a chunk, :meth:`finish` ends the watch. Once :attr:`fired`, the
+    exchange's socket is shut down and the exchange must end with :meth:`timeout`.
+
+    Moving ``due`` later needs no lock and no heap push: the watchdog finds the new
+    time when the old one comes up, and looks again then.
     """
 
-    __slots__ = ("_conn", "_finished", "_sock", "budget", "due", "fired", "phase")
+    __slots__ = ("_conn", "_finished", "_sock", "budget", "due", "fired", "paused", "phase")
 
     def __init__(self, due: float, budget: float) -> None:
         self.due = due
         self.budget = budget
         self.phase = PHASE_ANSWER
         self.fired = False
+        self.paused = False
         self._finished = False
         self._conn: Any = None
         self._sock: socket.socket | None = None
@@ -96,6 +101,15 @@ class Watch:
         self.phase = phase
         if earlier:
             _WATCHDOG.push(self)
+
+    def pause(self) -> None:
+        """Stop the clock (a stream's consumer holds a chunk: its own time is not idle)."""
+        self.paused = True
+
+    def resume(self) -> None:
+        """Restart the clock: due :attr:`budget` seconds from now."""
+        self.due = time.monotonic() + self.budget
+        self.paused = False
 
     def finish(self) -> bool:
         """End the watch (idempotent); return whether it fired first."""
@@ -196,6 +210,8 @@ class _Watchdog:
                     _, _, watch = heapq.heappop(heap)
                     if not watch.active:
                         self._stale = max(0, self._stale - 1)
+                    elif watch.paused:  # look again once a whole budget could have passed
+                        heapq.heappush(heap, (now + watch.budget, next(self._seq), watch))
                     elif watch.due > now:  # extended since it was pushed
                         heapq.heappush(heap, (watch.due, next(self._seq), watch))
                     else:

@@ -303,8 +303,10 @@ class StreamReply:
                         raise self._error_event(state.error)
                     if delta:
                         self._parts.append(delta)
-                        self._progress()
+                        watch = self._progress()
                         yield delta
+                        if watch is not None:
+                            watch.resume()  # the consumer is back: idle time counts again
                     if state.done:
                         break
                 ended = chunk is None or state.done
@@ -337,16 +339,23 @@ class StreamReply:
         finally:
             self.close()
 
-    def _progress(self) -> None:
-        """A text chunk arrived: the deadline is met; the idle timeout starts over."""
+    def _progress(self) -> Watch | None:
+        """A text chunk arrived: the deadline is met and the idle clock stops.
+
+        Returns the watch to :meth:`Watch.resume` when the consumer asks for more (its
+        time holding the chunk is not the server's idle time), or ``None``.
+        """
         watch = self._watch
         if watch is None:
-            return
+            return None
         if self._idle_timeout is None:
             watch.finish()
             self._watch = None
-        else:
+            return None
+        if watch.phase != PHASE_IDLE:
             watch.extend(self._idle_timeout, PHASE_IDLE)
+        watch.pause()
+        return watch
 
     def _fired(self) -> bool:
         return self._watch is not None and self._watch.fired
