@@ -17,12 +17,20 @@ its status and headers, no ``completion`` and no ``error`` (the status still tel
 ``classify`` what happened, and a 2xx without a completion counts as a malformed answer).
 Anything that is not the expected JSON likewise yields a ``Reply`` without a completion.
 
+Slow bodies never outlast the call either. Connect and read timeouts bound each socket
+operation; ``time_left`` bounds the whole exchange (connect, headers, body and, for a
+stream, the wait for the first text chunk), however steadily a server trickles bytes:
+one shared watchdog thread (``_deadline``) shuts the connection's socket down when it
+passes, and the exchange ends in ``ProviderTimeout`` ("deadline passed while reading the
+body after 2.0 s").
+
 This module holds the session, the key's header and the :class:`HTTPProvider` base. Its
 helpers live beside it, in reading order: ``_translate`` (foreign exceptions to ours),
-``_body`` (capped reads, JSON and error objects) and ``_sse`` (event streams and
-:class:`StreamReply`). Their names are re-exported here, where the wire formats and the
-tests import them. :data:`MAX_BODY_BYTES` and :data:`MAX_EVENT_BYTES` are read from this
-module at call time and handed down, so patching them here changes the caps.
+``_body`` (capped reads, JSON and error objects), ``_deadline`` (the watchdog that
+enforces ``time_left``) and ``_sse`` (event streams and :class:`StreamReply`). Their
+names are re-exported here, where the wire formats and the tests import them.
+:data:`MAX_BODY_BYTES` and :data:`MAX_EVENT_BYTES` are read from this module at call
+time and handed down, so patching them here changes the caps.
 """
 
 from __future__ import annotations

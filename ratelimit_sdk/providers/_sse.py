@@ -8,6 +8,8 @@ business (its :data:`EventHandler` fills a :class:`StreamState`); a stream that 
 times out, exceeds the cap, reports an error or ends early is raised as a
 :class:`~ratelimit_sdk.errors.ProviderConnectionError` or
 :class:`~ratelimit_sdk.errors.ProviderTimeout`, never as a foreign exception.
+A stream that sends no text (keep-alive comments, role-only deltas, pings) is ended by
+its watch: the call's deadline until the first text chunk, the idle timeout after it.
 """
 
 from __future__ import annotations
