@@ -392,3 +392,22 @@ def test_the_consumer_s_own_time_is_not_idle_time() -> None:
             assert list(chunks) == [" two"]
             assert stream.content == "one two"
             assert client.stats()["hostile"].in_flight == 0
+
+
+def test_the_watchdog_thread_ends_when_nothing_is_watched() -> None:
+    watch = arm(30.0)
+    assert watch is not None
+    assert any(t.name == "ratelimit_sdk-deadline" for t in threading.enumerate())
+    watch.finish()
+    for _ in range(100):  # bounded: 100 x 0.05 s; it ends after one idle tick (0.5 s)
+        if not any(t.name == "ratelimit_sdk-deadline" for t in threading.enumerate()):
+            break
+        time.sleep(0.05)
+    assert not any(t.name == "ratelimit_sdk-deadline" for t in threading.enumerate())
+    again = arm(0.1)  # and starts again with the next watch
+    assert again is not None
+    for _ in range(100):
+        if again.fired:
+            break
+        time.sleep(0.05)
+    assert again.fired and again.finish()

@@ -58,6 +58,9 @@ PHASE_IDLE = "idle"
 
 #: Compact the heap once this many finished watches wait in it (and they are half of it).
 _COMPACT_AT = 1024
+#: The watchdog looks at least this often (seconds); it ends after one whole look with
+#: nothing to watch and nothing armed (the next watch starts it again).
+_TICK = 0.5
 
 _lock = threading.Lock()
 _current = threading.local()
@@ -100,7 +103,7 @@ class Watch:
         self.budget = seconds
         self.phase = phase
         if earlier:
-            _WATCHDOG.push(self)
+            _WATCHDOG.push(self, new=False)
 
     def pause(self) -> None:
         """Stop the clock (a stream's consumer holds a chunk: its own time is not idle)."""
@@ -152,6 +155,7 @@ class Watch:
 
     def _fire(self) -> None:
         self.fired = True
+        _WATCHDOG._active -= 1
         conn = self._conn
         if conn is not None and getattr(conn, "watch", None) is self:
             _shut(self._sock)
@@ -172,7 +176,11 @@ def _shut(sock: socket.socket | None) -> None:
 
 
 class _Watchdog:
-    """One daemon thread and a heap of watches by due time."""
+    """One daemon thread and a heap of watches by due time.
+
+    The thread starts with the first watch and ends once a whole :data:`_TICK` went by
+    with no watch active and none armed, so a client at rest leaves no thread behind.
+    """
 
     def __init__(self) -> None:
         self._cond = threading.Condition(_lock)
@@ -180,11 +188,16 @@ class _Watchdog:
         self._seq = itertools.count()
         self._wake_at = math.inf
         self._stale = 0
+        self._active = 0
+        self._armed = 0
         self._thread: threading.Thread | None = None
 
-    def push(self, watch: Watch) -> None:
+    def push(self, watch: Watch, *, new: bool = True) -> None:
         with self._cond:
             heapq.heappush(self._heap, (watch.due, next(self._seq), watch))
+            if new:
+                self._active += 1
+                self._armed += 1
             if self._thread is None:
                 self._thread = threading.Thread(
                     target=self._run, name="ratelimit_sdk-deadline", daemon=True
@@ -195,6 +208,7 @@ class _Watchdog:
 
     def finished(self) -> None:
         """Count one more finished watch left in the heap (called with ``_lock`` held)."""
+        self._active -= 1
         self._stale += 1
         if self._stale >= _COMPACT_AT and self._stale * 2 >= len(self._heap):
             self._heap = [entry for entry in self._heap if entry[2].active]
@@ -202,6 +216,7 @@ class _Watchdog:
             self._stale = 0
 
     def _run(self) -> None:
+        armed = -1
         with self._cond:
             while True:
                 heap = self._heap
@@ -216,8 +231,15 @@ class _Watchdog:
                         heapq.heappush(heap, (watch.due, next(self._seq), watch))
                     else:
                         watch._fire()
-                self._wake_at = heap[0][0] if heap else math.inf
-                self._cond.wait(None if not heap else max(self._wake_at - now, 0.001))
+                if self._active <= 0 and self._armed == armed:
+                    self._heap = []  # nothing in it is active
+                    self._stale = 0
+                    self._wake_at = math.inf
+                    self._thread = None
+                    return
+                armed = self._armed
+                self._wake_at = min(heap[0][0] if heap else math.inf, now + _TICK)
+                self._cond.wait(max(self._wake_at - now, 0.001))
 
     def _after_fork(self) -> None:
         """In a forked child: no watchdog thread yet, and nothing to watch."""
@@ -225,6 +247,8 @@ class _Watchdog:
         self._heap = []
         self._wake_at = math.inf
         self._stale = 0
+        self._active = 0
+        self._armed = 0
         self._thread = None
 
 
