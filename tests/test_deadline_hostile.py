@@ -15,7 +15,11 @@ from __future__ import annotations
 
 import json
 import math
+import pathlib
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -123,10 +127,14 @@ def first_chunk_then_stall(conn: socket.socket, stop: threading.Event) -> None:
 
 
 class HostileServer:
-    """A raw-socket HTTP server on 127.0.0.1 that answers every request with ``behaviour``."""
+    """A raw-socket HTTP server on 127.0.0.1 that answers every request with ``behaviour``.
 
-    def __init__(self, behaviour: Behaviour) -> None:
+    With ``tls``, each connection is wrapped in it first (HTTPS).
+    """
+
+    def __init__(self, behaviour: Behaviour, tls: ssl.SSLContext | None = None) -> None:
         self._behaviour = behaviour
+        self._tls = tls
         self._stop = threading.Event()
         self._listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._listener.bind(("127.0.0.1", 0))
@@ -160,6 +168,9 @@ class HostileServer:
     def _serve(self, conn: socket.socket) -> None:
         with conn:
             try:
+                if self._tls is not None:
+                    conn.settimeout(5.0)
+                    conn = self._tls.wrap_socket(conn, server_side=True)
                 _read_request(conn)
                 self._behaviour(conn, self._stop)
             except OSError:
@@ -411,3 +422,37 @@ def test_the_watchdog_thread_ends_when_nothing_is_watched() -> None:
             break
         time.sleep(0.05)
     assert again.fired and again.finish()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl command")
+def test_the_deadline_ends_a_header_trickle_over_tls(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Over TLS the watchdog shuts the raw socket under the TLS layer down: same result."""
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    command = ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+    command += ["-keyout", str(key), "-out", str(cert), "-subj", "/CN=127.0.0.1"]
+    command += ["-addext", "subjectAltName=IP:127.0.0.1"]
+    subprocess.run(command, check=True, capture_output=True, timeout=60)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(str(cert), str(key))
+
+    server = HostileServer(header_trickle, tls=context)
+    try:
+        provider = OpenAICompatProvider(
+            ProviderConfig(name="p", base_url=f"https://127.0.0.1:{server.port}/v1", model="m"),
+            api_key=None,
+        )
+        started = time.monotonic()
+        with pytest.raises(ProviderTimeout, match="deadline passed while waiting for the answer"):
+            provider.send(
+                ChatRequest(messages=({"role": "user", "content": "hi"},)),
+                connect_timeout=2.0,
+                read_timeout=5.0,
+                time_left=1.5,
+            )
+        assert time.monotonic() - started < 1.5 + SLACK
+        provider.close()
+    finally:
+        server.close()
