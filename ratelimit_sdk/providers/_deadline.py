@@ -193,7 +193,7 @@ class _Watchdog:
         self._thread: threading.Thread | None = None
 
     def push(self, watch: Watch, *, new: bool = True) -> None:
-        with self._cond:
+        with _lock:  # the condition's own lock, without Condition.__enter__'s extra frame
             heapq.heappush(self._heap, (watch.due, next(self._seq), watch))
             if new:
                 self._active += 1
