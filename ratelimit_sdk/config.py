@@ -289,11 +289,23 @@ class BreakerConfig(_Model):
 class TimeoutConfig(_Model):
     """HTTP timeouts of one attempt, in seconds (capped by the call's remaining deadline).
 
+    ``connect`` and ``read`` bound each socket operation; the call's deadline bounds the
+    whole exchange besides (connect, headers, body and, for a stream, the wait for its
+    first text chunk), however steadily a server trickles bytes. After a stream's first
+    text chunk the deadline no longer applies: ``stream_idle`` bounds each wait for the
+    next text chunk instead.
+
     Immutable; change it with ``model_copy(update={...})``.
     """
 
     connect: float = Field(default=5.0, gt=0, description="Seconds to establish a connection.")
     read: float = Field(default=120.0, gt=0, description="Seconds to wait between bytes.")
+    stream_idle: float = Field(
+        default=60.0,
+        gt=0,
+        description="Seconds a stream may go without a text chunk once its first one arrived "
+        "(keep-alive comments and events without text do not count).",
+    )
 
 
 class ProviderConfig(_Model):

@@ -534,6 +534,7 @@ class Guard:
                 request,
                 connect_timeout=min(timeouts.connect, left),
                 read_timeout=min(timeouts.read, left),
+                time_left=left,
             )
         except ProviderError as exc:  # the transport's own error names its cause: keep it
             return classify_failure(exc), None, exc
@@ -560,6 +561,8 @@ class Guard:
                 request,
                 connect_timeout=min(timeouts.connect, left),
                 read_timeout=min(timeouts.read, left),
+                time_left=left,
+                idle_timeout=timeouts.stream_idle,
             )
         except ProviderError as exc:
             return adm.record(classify_failure(exc), error=exc)

@@ -129,7 +129,14 @@ class StubProvider:
         with self._lock:
             return len(self.calls)
 
-    def send(self, request: ChatRequest, *, connect_timeout: float, read_timeout: float) -> Reply:
+    def send(
+        self,
+        request: ChatRequest,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        time_left: float | None = None,
+    ) -> Reply:
         """Answer with the next scripted item."""
         with self._lock:
             self.calls.append(
@@ -137,6 +144,7 @@ class StubProvider:
                     "request": request,
                     "connect_timeout": connect_timeout,
                     "read_timeout": read_timeout,
+                    "time_left": time_left,
                     "at": time.monotonic(),
                 }
             )
@@ -160,7 +168,15 @@ class StubProvider:
             return self._play(item(request), request)
         raise TypeError(f"not a scripted answer: {item!r}")
 
-    def stream(self, request: ChatRequest, *, connect_timeout: float, read_timeout: float) -> Any:
+    def stream(
+        self,
+        request: ChatRequest,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        time_left: float | None = None,
+        idle_timeout: float | None = None,
+    ) -> Any:
         """Streaming is not scripted here."""
         raise NotImplementedError
 

@@ -39,16 +39,34 @@ class Provider(Protocol):
 
     ``send`` and ``stream`` raise only ProviderTimeout and ProviderConnectionError
     (and BadRequestError when the request cannot even be encoded as JSON).
+
+    ``time_left`` is the call's remaining time in seconds (``None``: unbounded): the
+    whole exchange must end within it, however steadily the server trickles bytes, or
+    end in ProviderTimeout. For a stream it bounds the wait for the first text chunk;
+    ``idle_timeout`` then bounds each wait for the next one.
     """
 
     name: str
 
-    def send(self, request: ChatRequest, *, connect_timeout: float, read_timeout: float) -> Reply:
+    def send(
+        self,
+        request: ChatRequest,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        time_left: float | None = None,
+    ) -> Reply:
         """Send ``request``; return the HTTP answer, whatever its status."""
         ...
 
     def stream(
-        self, request: ChatRequest, *, connect_timeout: float, read_timeout: float
+        self,
+        request: ChatRequest,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        time_left: float | None = None,
+        idle_timeout: float | None = None,
     ) -> StreamReply:
         """Send ``request`` with streaming on; see :class:`StreamReply`."""
         ...

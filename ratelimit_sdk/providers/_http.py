@@ -17,12 +17,20 @@ its status and headers, no ``completion`` and no ``error`` (the status still tel
 ``classify`` what happened, and a 2xx without a completion counts as a malformed answer).
 Anything that is not the expected JSON likewise yields a ``Reply`` without a completion.
 
+Slow bodies never outlast the call either. Connect and read timeouts bound each socket
+operation; ``time_left`` bounds the whole exchange (connect, headers, body and, for a
+stream, the wait for the first text chunk), however steadily a server trickles bytes:
+one shared watchdog thread (``_deadline``) shuts the connection's socket down when it
+passes, and the exchange ends in ``ProviderTimeout`` ("deadline passed while reading the
+body after 2.0 s").
+
 This module holds the session, the key's header and the :class:`HTTPProvider` base. Its
 helpers live beside it, in reading order: ``_translate`` (foreign exceptions to ours),
-``_body`` (capped reads, JSON and error objects) and ``_sse`` (event streams and
-:class:`StreamReply`). Their names are re-exported here, where the wire formats and the
-tests import them. :data:`MAX_BODY_BYTES` and :data:`MAX_EVENT_BYTES` are read from this
-module at call time and handed down, so patching them here changes the caps.
+``_body`` (capped reads, JSON and error objects), ``_deadline`` (the watchdog that
+enforces ``time_left``) and ``_sse`` (event streams and :class:`StreamReply`). Their
+names are re-exported here, where the wire formats and the tests import them.
+:data:`MAX_BODY_BYTES` and :data:`MAX_EVENT_BYTES` are read from this module at call
+time and handed down, so patching them here changes the caps.
 """
 
 from __future__ import annotations
@@ -33,16 +41,16 @@ import functools
 import http.cookiejar
 import json
 import math
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import requests
-import requests.adapters
 import requests.auth
 from urllib3.util.retry import Retry
 
 from .._redact import get_logger, mask, redact, register_secret
 from ..config import ProviderConfig
-from ..errors import BadRequestError, ConfigError, ProviderConnectionError
+from ..errors import BadRequestError, ConfigError, ProviderConnectionError, RateLimitSDKError
 from ..models import ChatRequest, Completion, ErrorBody, Reply
 from ._body import (
     NOT_JSON,
@@ -53,6 +61,7 @@ from ._body import (
     read_capped,
     usage_int,
 )
+from ._deadline import PHASE_BODY, PHASE_FIRST_CHUNK, Watch, WatchedAdapter, arm, watching
 from ._sse import (
     MAX_EVENT_BYTES,
     SSEEvent,
@@ -236,7 +245,7 @@ class HTTPProvider(abc.ABC):
             raise_on_redirect=False,
             raise_on_status=False,
         )
-        adapter = requests.adapters.HTTPAdapter(
+        adapter = WatchedAdapter(
             pool_connections=1,
             pool_maxsize=pool_size or DEFAULT_POOL_SIZE,
             max_retries=retries,
@@ -278,35 +287,66 @@ class HTTPProvider(abc.ABC):
 
     # -- the Provider protocol ---------------------------------------------------------
 
-    def send(self, request: ChatRequest, *, connect_timeout: float, read_timeout: float) -> Reply:
+    def send(
+        self,
+        request: ChatRequest,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        time_left: float | None = None,
+    ) -> Reply:
         """POST one chat request and return the answer as a :class:`Reply`, whatever its status.
 
-        Raises only ProviderTimeout (connect or read timeout) and ProviderConnectionError
-        (anything else that kept an answer from arriving whole).
+        ``time_left`` (seconds; ``None`` or infinite: no bound) bounds the whole exchange:
+        connecting, the headers and the body. When it passes, the connection is dropped
+        and a ProviderTimeout names what was under way ("deadline passed while reading
+        the body after 2.0 s"), however steadily the bytes were trickling in.
+
+        Raises only ProviderTimeout (connect or read timeout, or ``time_left`` passed) and
+        ProviderConnectionError (anything else that kept an answer from arriving whole).
         """
         payload = self._encode(request, stream=False)
-        with self._translating(connect_timeout, read_timeout):
-            response = self._post(payload, connect_timeout, read_timeout, "application/json")
+        watch = arm(time_left)
+        with self._translating(connect_timeout, read_timeout, watch):
+            response = self._post(payload, connect_timeout, read_timeout, "application/json", watch)
             try:
+                if watch is not None:
+                    watch.phase = PHASE_BODY
                 body, truncated = read_capped(response, MAX_BODY_BYTES)
             finally:
                 response.close()
+        if watch is not None and watch.finish():
+            raise watch.timeout(self.name)
         return self._reply(response, body, truncated)
 
     def stream(
-        self, request: ChatRequest, *, connect_timeout: float, read_timeout: float
+        self,
+        request: ChatRequest,
+        *,
+        connect_timeout: float,
+        read_timeout: float,
+        time_left: float | None = None,
+        idle_timeout: float | None = None,
     ) -> StreamReply:
         """POST one chat request with ``stream: true``; see :class:`StreamReply`.
 
         Raises the same errors as :meth:`send` while connecting and reading the head (or,
-        for a non-stream answer, the body).
+        for a non-stream answer, the body). ``time_left`` bounds the exchange up to the
+        first text chunk (the iteration raises ProviderTimeout when it passes first);
+        after that, ``idle_timeout`` (``None``: no bound) bounds each wait for the next
+        text chunk. Keep-alive comments and events without text are not progress.
         """
         payload = self._encode(request, stream=True)
-        with self._translating(connect_timeout, read_timeout):
-            response = self._post(payload, connect_timeout, read_timeout, "text/event-stream")
+        watch = arm(time_left)
+        with self._translating(connect_timeout, read_timeout, watch):
+            response = self._post(
+                payload, connect_timeout, read_timeout, "text/event-stream", watch
+            )
         content_type = response.headers.get("content-type", "").lower()
         if 200 <= response.status_code < 300 and content_type.startswith("text/event-stream"):
             _log.debug("%s: HTTP %s, event stream", self.name, response.status_code)
+            if watch is not None:
+                watch.phase = PHASE_FIRST_CHUNK
             return StreamReply(
                 provider=self.name,
                 status=response.status_code,
@@ -316,12 +356,18 @@ class HTTPProvider(abc.ABC):
                 on_event=self._on_event,
                 max_event_bytes=MAX_EVENT_BYTES,
                 read_timeout=_clamp_timeout(read_timeout),
+                watch=watch,
+                idle_timeout=idle_timeout,
             )
-        with self._translating(connect_timeout, read_timeout):
+        with self._translating(connect_timeout, read_timeout, watch):
             try:
+                if watch is not None:
+                    watch.phase = PHASE_BODY
                 body, truncated = read_capped(response, MAX_BODY_BYTES)
             finally:
                 response.close()
+        if watch is not None and watch.finish():
+            raise watch.timeout(self.name)
         return StreamReply.finished(self.name, self._reply(response, body, truncated))
 
     def close(self) -> None:
@@ -337,14 +383,27 @@ class HTTPProvider(abc.ABC):
 
     # -- plumbing -----------------------------------------------------------------------
 
+    @contextlib.contextmanager
     def _translating(
-        self, connect_timeout: float, read_timeout: float
-    ) -> contextlib.AbstractContextManager[None]:
-        return map_transport_errors(
-            self.name,
-            connect_timeout=_clamp_timeout(connect_timeout),
-            read_timeout=_clamp_timeout(read_timeout),
-        )
+        self, connect_timeout: float, read_timeout: float, watch: Watch | None = None
+    ) -> Iterator[None]:
+        """Translate the block's transport errors; a fired ``watch`` makes them its timeout.
+
+        On any exception the watch is finished (the exchange is over). Once it fired, the
+        block failed because the watchdog shut the socket down, whatever the read said.
+        """
+        try:
+            with map_transport_errors(
+                self.name,
+                connect_timeout=_clamp_timeout(connect_timeout),
+                read_timeout=_clamp_timeout(read_timeout),
+            ):
+                yield
+        except BaseException as exc:
+            if watch is not None and watch.finish() and isinstance(exc, Exception):
+                cause = exc if isinstance(exc, RateLimitSDKError) else None
+                raise watch.timeout(self.name) from cause
+            raise
 
     def _encode(self, request: ChatRequest, *, stream: bool) -> bytes:
         body = self._body(request, stream=stream)
@@ -358,19 +417,28 @@ class HTTPProvider(abc.ABC):
             ) from None
 
     def _post(
-        self, payload: bytes, connect_timeout: float, read_timeout: float, accept: str
+        self,
+        payload: bytes,
+        connect_timeout: float,
+        read_timeout: float,
+        accept: str,
+        watch: Watch | None = None,
     ) -> requests.Response:
         if self._closed:
             raise ProviderConnectionError(f"{self.name}: provider is closed", provider=self.name)
-        return self._session.post(
-            self.url,
-            data=payload,
-            headers={"Accept": accept},
-            timeout=(_clamp_timeout(connect_timeout), _clamp_timeout(read_timeout)),
-            allow_redirects=False,
-            stream=True,
-            verify=True,
-        )
+        before = watching(watch)
+        try:
+            return self._session.post(
+                self.url,
+                data=payload,
+                headers={"Accept": accept},
+                timeout=(_clamp_timeout(connect_timeout), _clamp_timeout(read_timeout)),
+                allow_redirects=False,
+                stream=True,
+                verify=True,
+            )
+        finally:
+            watching(before)
 
     def _reply(self, response: requests.Response, body: bytes, truncated: bool) -> Reply:
         status = response.status_code

@@ -8,6 +8,8 @@ business (its :data:`EventHandler` fills a :class:`StreamState`); a stream that 
 times out, exceeds the cap, reports an error or ends early is raised as a
 :class:`~ratelimit_sdk.errors.ProviderConnectionError` or
 :class:`~ratelimit_sdk.errors.ProviderTimeout`, never as a foreign exception.
+A stream that sends no text (keep-alive comments, role-only deltas, pings) is ended by
+its watch: the call's deadline until the first text chunk, the idle timeout after it.
 """
 
 from __future__ import annotations
@@ -20,9 +22,10 @@ from types import TracebackType
 import requests
 
 from .._redact import get_logger
-from ..errors import ProviderConnectionError, RateLimitSDKError
+from ..errors import ProviderConnectionError, ProviderTimeout, RateLimitSDKError
 from ..models import Completion, ErrorBody, Reply, Usage
 from ._body import READ_CHUNK
+from ._deadline import PHASE_IDLE, Watch
 from ._translate import TRANSPORT_ERRORS, map_transport_errors
 
 #: What closing a response whose socket is broken may raise (logged, then ignored).
@@ -168,6 +171,13 @@ class StreamReply:
     ``max_event_bytes`` caps each line and event payload, as :class:`SSEParser`'s
     ``max_bytes`` does (``None``: :data:`MAX_EVENT_BYTES`). ``read_timeout`` (seconds,
     if known) only words the message of a timeout.
+
+    ``watch`` (from the provider, armed with the call's deadline) bounds the wait for the
+    first text chunk; from then on, each wait for the next text chunk is bounded by
+    ``idle_timeout`` seconds (``None``: the watch ends with the first chunk). Only text
+    counts as progress: keep-alive comments and events without text (a role-only delta,
+    a ping) do not. When the watch fires, the connection is shut down and the iteration
+    raises :class:`~ratelimit_sdk.errors.ProviderTimeout`.
     """
 
     def __init__(
@@ -182,9 +192,13 @@ class StreamReply:
         on_event: EventHandler | None = None,
         max_event_bytes: int | None = None,
         read_timeout: float | None = None,
+        watch: Watch | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.provider = provider
         self._read_timeout = read_timeout
+        self._watch = watch
+        self._idle_timeout = idle_timeout
         self.status = status
         self.headers = headers
         self.elapsed = elapsed
@@ -291,7 +305,10 @@ class StreamReply:
                         raise self._error_event(state.error)
                     if delta:
                         self._parts.append(delta)
+                        watch = self._progress()
                         yield delta
+                        if watch is not None:
+                            watch.resume()  # the consumer is back: idle time counts again
                     if state.done:
                         break
                 ended = chunk is None or state.done
@@ -302,9 +319,13 @@ class StreamReply:
                     f"{self.provider}: event stream ended before its end marker",
                     provider=self.provider,
                 )
-        except RateLimitSDKError:
+        except RateLimitSDKError as exc:
+            if self._fired():  # the watchdog shut the socket down: that is why it ended
+                raise self._timeout() from exc
             raise
         except StreamProtocolError as exc:
+            if self._fired():
+                raise self._timeout() from None
             raise ProviderConnectionError(
                 f"{self.provider}: malformed event stream ({exc})", provider=self.provider
             ) from exc
@@ -313,10 +334,38 @@ class StreamReply:
                 # Closed by the consumer, maybe from another thread: a read on a closed
                 # response raises whatever the socket layer has at hand.
                 return
+            if self._fired():
+                raise self._timeout() from None
             with map_transport_errors(self.provider, read_timeout=self._read_timeout):
                 raise
         finally:
             self.close()
+
+    def _progress(self) -> Watch | None:
+        """A text chunk arrived: the deadline is met and the idle clock stops.
+
+        Returns the watch to :meth:`Watch.resume` when the consumer asks for more (its
+        time holding the chunk is not the server's idle time), or ``None``.
+        """
+        watch = self._watch
+        if watch is None:
+            return None
+        if self._idle_timeout is None:
+            watch.finish()
+            self._watch = None
+            return None
+        if watch.phase != PHASE_IDLE:
+            watch.extend(self._idle_timeout, PHASE_IDLE)
+        watch.pause()
+        return watch
+
+    def _fired(self) -> bool:
+        return self._watch is not None and self._watch.fired
+
+    def _timeout(self) -> ProviderTimeout:
+        assert self._watch is not None
+        self._watch.finish()
+        return self._watch.timeout(self.provider)
 
     def _error_event(self, error: ErrorBody) -> ProviderConnectionError:
         text = error.message or error.type or error.code or "error event"
@@ -331,6 +380,8 @@ class StreamReply:
         if self._closed and self._response is None:
             return
         self._closed = True
+        if self._watch is not None:
+            self._watch.finish()  # before the connection can go back to the pool
         response, self._response = self._response, None
         if response is not None:
             try:
