@@ -269,6 +269,11 @@ class Admission:
         self._recorded = True  # only now: an interrupt inside still gives the probe back
         return result
 
+    @property
+    def token_ceiling(self) -> int | None:
+        """The most tokens a reported ``usage`` may settle (``None``: none was charged)."""
+        return self._ceiling if self._tokens else None
+
     def hand_over(self, stream: ChatStream) -> None:
         """``stream`` holds the permit from now on and releases it; ``__exit__`` keeps off it.
 
@@ -590,6 +595,7 @@ class Guard:
             model=stream.model or self.model,
             first=first,
             permit=adm.permit,
+            token_ceiling=adm.token_ceiling,
         )
         adm.hand_over(held)
         return dataclasses.replace(result, stream=held)

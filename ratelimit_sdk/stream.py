@@ -54,12 +54,14 @@ class ChatStream:
         model: str,
         first: str | None,
         permit: Permit | None,
+        token_ceiling: int | None = None,
     ) -> None:
         self.provider = provider
         self.model = model
         self.attempts: tuple[Attempt, ...] = ()
         self._reply = reply
         self._permit = permit
+        self._ceiling = token_ceiling  # None: settle nothing (no token budget charged)
         self._first = first
         self._lock = threading.Lock()
         self._closed = False
@@ -125,8 +127,9 @@ class ChatStream:
             permit = self._permit
             if permit is not None:
                 usage = self._reply.usage
-                if usage is not None and usage.total_tokens:
-                    permit.settle(tokens=usage.total_tokens)
+                if self._ceiling is not None and usage is not None and usage.total_tokens:
+                    # A server's figure counts only up to what the request could cost.
+                    permit.settle(tokens=max(0, min(usage.total_tokens, self._ceiling)))
                 permit.release()
             for fn in self._on_close:
                 fn()

@@ -160,3 +160,31 @@ def test_a_hook_fired_by_a_stream_runs_once_its_permit_is_back(fake: FakeProvide
         assert text
         assert len(inner) == 1 and isinstance(inner[0], ChatResponse), inner
         assert_no_permits(client)
+
+
+def test_a_streams_hostile_usage_is_clamped_when_it_settles() -> None:
+    from ratelimit_sdk import Limiter
+    from ratelimit_sdk.models import Usage
+    from ratelimit_sdk.stream import ChatStream
+    from ratelimit_sdk.testing import FakeClock
+
+    class Source:
+        content = "hi"
+        usage = Usage(prompt_tokens=1, completion_tokens=10**9, total_tokens=10**9)
+        finish_reason = "stop"
+
+        def __iter__(self) -> Any:
+            return iter(())
+
+        def close(self) -> None:
+            pass
+
+    clock = FakeClock()
+    lim = Limiter(tokens_per_minute=60_000, clock=clock)
+    permit = lim.acquire(tokens=10)
+    stream = ChatStream(
+        Source(), provider="p", model="m", first="hi", permit=permit, token_ceiling=200
+    )
+    assert "".join(stream) == "hi"
+    llm = lim.snapshot().llm_tokens
+    assert llm is not None and llm >= 60_000 - 200 - 1e-6  # charged 200 at most, not 1e9
