@@ -249,7 +249,17 @@ def run_nginx(binary: str, upstream: int) -> Iterator[dict[str, tuple[str, Statu
         )
         _hand_over(prefix)
         proc = subprocess.Popen(
-            [binary, "-p", prefix, "-c", str(conf), "-g", "daemon off;"],
+            [
+                binary,
+                "-p",
+                prefix,
+                "-e",
+                f"{prefix}/error.log",
+                "-c",
+                str(conf),
+                "-g",
+                "daemon off;",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
             **_drop_privileges(),
