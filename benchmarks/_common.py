@@ -364,3 +364,55 @@ if __name__ == "__main__":
         _serve(json.loads(sys.argv[2]))
     else:
         sys.exit("usage: _common.py serve '<json specs>' (started by the benchmarks)")
+
+
+# -- the optimum against a server's shape, for given arrival times -------------------------------
+
+
+@dataclass(frozen=True)
+class ServerShape:
+    """A rate-limited server's shape, for :func:`greedy_makespan` (``None``: no such limit).
+
+    ``max_concurrent`` (refused over) and ``queue_concurrent`` (queued over) both
+    bound the requests in flight; ``rate`` and ``burst`` are a token bucket
+    (``burst`` requests at once, then ``rate`` per second; nginx's ``burst=B`` is
+    ``burst=B + 1`` here); ``min_interval`` spaces consecutive starts;
+    ``window=(n, t)`` allows at most ``n`` starts in any ``t`` seconds.
+    """
+
+    latency: float
+    max_concurrent: int | None = None
+    queue_concurrent: int | None = None
+    rate: float | None = None
+    burst: int = 1
+    min_interval: float = 0.0
+    window: tuple[int, float] | None = None
+
+
+def greedy_makespan(shape: ServerShape, release: Sequence[float]) -> float:
+    """The earliest the server can have answered requests released at ``release`` (from 0).
+
+    Requests start in release order, each as early as its release and every
+    limit allow; each limit is a lower bound set by earlier starts alone, so this
+    greedy schedule is the optimum (a lower bound on any real run).
+    """
+    starts: list[float] = []
+    tat = -math.inf  # the bucket's theoretical arrival time (GCRA)
+    slots = [c for c in (shape.max_concurrent, shape.queue_concurrent) if c is not None]
+    for i, released in enumerate(sorted(release)):
+        t = released
+        for c in slots:
+            if i >= c:
+                t = max(t, starts[i - c] + shape.latency)
+        if shape.rate is not None:
+            t = max(t, tat - (shape.burst - 1) / shape.rate)
+        if shape.min_interval > 0 and starts:
+            t = max(t, starts[-1] + shape.min_interval)
+        if shape.window is not None:
+            limit, seconds = shape.window
+            if i >= limit:
+                t = max(t, starts[i - limit] + seconds)
+        if shape.rate is not None:
+            tat = max(tat, t) + 1 / shape.rate
+        starts.append(t)
+    return max(starts) + shape.latency if starts else 0.0

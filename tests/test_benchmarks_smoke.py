@@ -8,6 +8,8 @@ the optimum they compare against is computed right.
 from __future__ import annotations
 
 import math
+import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Callable
@@ -21,7 +23,28 @@ sys.path.insert(0, str(BENCHMARKS))
 import _common  # noqa: E402
 
 
-@pytest.mark.parametrize("script", ["bench_limiter.py", "bench_client.py", "bench_fallback.py"])
+def _servers_installed() -> bool:
+    return any(
+        shutil.which(name) or os.access(f"/usr/sbin/{name}", os.X_OK)
+        for name in ("nginx", "haproxy")
+    )
+
+
+@pytest.mark.parametrize(
+    "script",
+    [
+        "bench_limiter.py",
+        "bench_client.py",
+        "bench_fallback.py",
+        pytest.param(
+            "bench_real_servers.py",
+            marks=pytest.mark.skipif(
+                not _servers_installed(),
+                reason="nginx and haproxy not installed (apt-get install -y nginx haproxy)",
+            ),
+        ),
+    ],
+)
 def test_benchmark_runs_quick(script: str) -> None:
     """The script exits 0 within the time limit and prints a targets table with verdicts."""
     done = subprocess.run(
@@ -41,6 +64,19 @@ def test_optimum_of_the_strict_server_is_the_issues_formula() -> None:
     """400 requests at 4 in flight, 40/s, burst 5, 50 ms: 395/40 + 0.05 s."""
     shape = _common.Shape(latency=0.05, max_concurrent=4, requests_per_minute=2400, burst=5)
     assert math.isclose(_common.optimum_makespan([shape], 400), 395 / 40 + 0.05, rel_tol=1e-6)
+
+
+def test_greedy_optimum_of_each_real_server_shape() -> None:
+    """400 at once: nginx burst 4 + limit_conn 4, nginx no burst, haproxy 40 per 1 s + 4 conns."""
+    nginx = _common.ServerShape(latency=0.05, max_concurrent=4, rate=40, burst=5)
+    assert math.isclose(_common.greedy_makespan(nginx, [0.0] * 400), 395 / 40 + 0.05)
+    spaced = _common.ServerShape(latency=0.05, rate=40, min_interval=0.025)
+    assert math.isclose(_common.greedy_makespan(spaced, [0.0] * 400), 399 * 0.025 + 0.05)
+    window = _common.ServerShape(latency=0.05, queue_concurrent=4, window=(40, 1.0))
+    # Ten windows; in the last one 40 requests take 10 rounds of 4 at 50 ms.
+    assert math.isclose(_common.greedy_makespan(window, [0.0] * 400), 9.0 + 0.5)
+    # Arrivals slower than the server: the optimum is the last arrival plus the latency.
+    assert math.isclose(_common.greedy_makespan(nginx, [i * 0.1 for i in range(10)]), 0.95)
 
 
 def test_optimum_is_bound_by_concurrency_when_that_is_tighter() -> None:

@@ -8,6 +8,10 @@
   (:data:`Action`): ``status``, ``hang``, ``garbage``, ``reset``, ``ok``,
   ``delay``, ``rate_limited``, ``insufficient_quota``, ``zhipu``, ``overloaded``.
 - :class:`RecordedRequest`: one received request, as a frozen snapshot.
+- Server shapes for ``FakeProvider(shapes=[...])``: :class:`LeakyBucket`
+  (nginx ``limit_req``), :class:`SlidingWindow`, :class:`FixedWindow` (UTC
+  aligned), :class:`HiddenConcurrency`, :class:`HiddenRate`,
+  :class:`OpenAIHeaders` (see :mod:`ratelimit_sdk.testing.shapes`).
 - :class:`FakeClock`: a manual clock for exact, instant limiter and retry tests.
 
 Nothing in ``ratelimit_sdk`` imports this package; it imports only the standard
@@ -20,6 +24,15 @@ from ratelimit_sdk.testing.clock import FakeClock, WouldBlockForever
 from ratelimit_sdk.testing.fake_provider import FakeProvider, RecordedRequest
 from ratelimit_sdk.testing.faults import Action, Fault, Respond
 from ratelimit_sdk.testing.fleet import FakeFleet
+from ratelimit_sdk.testing.shapes import (
+    FixedWindow,
+    HiddenConcurrency,
+    HiddenRate,
+    LeakyBucket,
+    OpenAIHeaders,
+    Shape,
+    SlidingWindow,
+)
 
 __all__ = [
     "Action",
@@ -27,7 +40,14 @@ __all__ = [
     "FakeFleet",
     "FakeProvider",
     "Fault",
+    "FixedWindow",
+    "HiddenConcurrency",
+    "HiddenRate",
+    "LeakyBucket",
+    "OpenAIHeaders",
     "RecordedRequest",
     "Respond",
+    "Shape",
+    "SlidingWindow",
     "WouldBlockForever",
 ]

@@ -50,6 +50,14 @@ from ratelimit_sdk.testing.faults import (
     Status,
 )
 from ratelimit_sdk.testing.records import Entry, RecordedRequest
+from ratelimit_sdk.testing.shapes import (
+    SHAPE_TYPES,
+    Request,
+    Shape,
+    State,
+    make_state,
+    request_tokens,
+)
 
 __all__ = ["UNSET", "FakeProvider", "Latency", "RecordedRequest", "ReplyFn"]
 
@@ -74,8 +82,9 @@ UNSET: Literal[_Unset.UNSET] = _Unset.UNSET
 class _Rejection(NamedTuple):
     status: int
     headers: list[tuple[str, str]]
-    body: dict[str, Any]
+    body: dict[str, Any] | str
     kind: str
+    content_type: str | None = None
 
 
 class _Admission(NamedTuple):
@@ -92,6 +101,14 @@ def _check_actions(actions: Iterable[Action]) -> list[Action]:
     for action in checked:
         if not isinstance(action, _ACTION_TYPES):
             raise TypeError(f"not a scripted action (use Respond.*): {action!r}")
+    return checked
+
+
+def _check_shapes(shapes: Iterable[Shape]) -> list[Shape]:
+    checked = list(shapes)
+    for shape in checked:
+        if not isinstance(shape, SHAPE_TYPES):
+            raise TypeError(f"not a server shape (use ratelimit_sdk.testing.shapes): {shape!r}")
     return checked
 
 
@@ -129,6 +146,12 @@ class FakeProvider:
        an empty bucket gets 429 with ``Retry-After`` (whole seconds until the next
        request is allowed, rounded up) and the rate-limit headers. Rejected
        requests never count as in flight and consume no token.
+       ``shapes`` adds the server shapes of :mod:`ratelimit_sdk.testing.shapes`
+       (checked in order, after those two): an nginx ``limit_req`` leaky bucket,
+       a sliding window, a UTC-aligned fixed window, hidden concurrency and
+       rate limits, OpenAI's request and token buckets with their headers on
+       every answer. A request must pass every limit; a refused one is charged
+       to none. :meth:`set_shapes` replaces them while running.
     3. An admitted request is in flight until its answer is sent. Its answer is
        the next scripted action (:meth:`script`), else the :meth:`always`
        action (:meth:`fail_all`), else, with probability ``fault_rate``, one of
@@ -172,6 +195,7 @@ class FakeProvider:
         seed: int | None = 0,
         require_key: str | None = None,
         max_recorded: int = 100_000,
+        shapes: Sequence[Shape] = (),
     ) -> None:
         if stream_chunks < 1:
             raise ValueError(f"stream_chunks must be >= 1, got {stream_chunks!r}")
@@ -201,6 +225,8 @@ class FakeProvider:
         self._faults: list[Action] = []
         self.set_faults(fault_rate, faults)
         self._script: collections.deque[Action] = collections.deque()
+        self._shapes = _check_shapes(shapes)
+        self._states: list[State] = [make_state(shape) for shape in self._shapes]
         self._override: Action | None = None
 
         self._entries: collections.deque[Entry] = collections.deque(maxlen=max_recorded)
@@ -356,6 +382,24 @@ class FakeProvider:
                 self._bucket.resize(rpm, new_burst or 1, now)
             self._max_concurrency, self._rpm, self._burst = concurrency, rpm, new_burst
             self._cond.notify_all()
+
+    def set_shapes(self, shapes: Iterable[Shape]) -> None:
+        """Replace the server shapes (see :mod:`ratelimit_sdk.testing.shapes`), with fresh state.
+
+        Buckets start full, windows empty. ``set_shapes([])`` removes them all;
+        ``max_concurrency`` and ``requests_per_minute`` stay as they are. A value
+        that is not a shape raises TypeError and changes nothing.
+        """
+        checked = _check_shapes(shapes)
+        states = [make_state(shape) for shape in checked]
+        with self._cond:
+            self._shapes, self._states = checked, states
+
+    @property
+    def shapes(self) -> tuple[Shape, ...]:
+        """The server shapes enforced now, in the order they are checked."""
+        with self._cond:
+            return tuple(self._shapes)
 
     @property
     def limits(self) -> dict[str, Any]:
@@ -543,10 +587,16 @@ class FakeProvider:
             )
             return self._send(handler, entry, 401, body, [], "unauthorized")
 
-        decision = self._admit(entry, wire)
+        decision = self._admit(entry, wire, request)
         if isinstance(decision, _Rejection):
             return self._send(
-                handler, entry, decision.status, decision.body, decision.headers, decision.kind
+                handler,
+                entry,
+                decision.status,
+                decision.body,
+                decision.headers,
+                decision.kind,
+                decision.content_type,
             )
         action, limit_headers = decision
         stop_event = handler.server.stop_event
@@ -587,29 +637,39 @@ class FakeProvider:
             return handler.headers.get("x-api-key") == key
         return handler.headers.get("Authorization") == f"Bearer {key}"
 
-    def _admit(self, entry: Entry, wire: _wire.Wire) -> _Rejection | _Admission:
-        """Check the limits and pick the answer, in one critical section."""
+    def _admit(
+        self, entry: Entry, wire: _wire.Wire, request: Mapping[str, Any]
+    ) -> _Rejection | _Admission:
+        """Check the limits and pick the answer, in one critical section.
+
+        Every limit is checked before any is charged, so a refused request
+        counts against none of them.
+        """
         with self._cond:
             now = time.monotonic()
+            states = self._states
+            announced = [h for state in states for h in state.headers()]
             limit = self._max_concurrency
             if limit is not None and self._in_flight >= limit:
                 body = _wire.kimi_concurrency_body(limit)
-                return _Rejection(429, [], body, "concurrency_limit")
+                return _Rejection(429, announced, body, "concurrency_limit")
             bucket = self._bucket
-            if bucket is not None and not bucket.take(now):
-                wait = bucket.wait_for_one()
-                headers = [("Retry-After", str(max(1, math.ceil(wait - EPSILON))))]
-                headers += self._bucket_headers(bucket, wire)
-                message = (
-                    f"Rate limit reached for requests (fake): limit "
-                    f"{_number(bucket.per_minute)} per minute. Please try again in "
-                    f"{_wire.go_duration(wait)}."
-                )
-                if wire == "anthropic":
-                    body = _wire.error_body(wire, message, "rate_limit_error")
-                else:
-                    body = _wire.error_body(wire, message, "requests", "rate_limit_exceeded")
-                return _Rejection(429, headers, body, "rate_limit")
+            if bucket is not None:
+                bucket.refill(now)
+                if bucket.tokens < 1.0 - EPSILON:
+                    return self._bucket_rejection(bucket, wire, announced)
+            shaped = Request(wire, self._in_flight, request_tokens(dict(request)) if states else 0)
+            for state in states:
+                refusal = state.check(shaped)
+                if refusal is not None:
+                    headers = refusal.headers + announced
+                    return _Rejection(
+                        429, headers, refusal.body, refusal.kind, refusal.content_type
+                    )
+            if bucket is not None:
+                bucket.take(now)
+            for state in states:
+                state.commit(shaped)
             entry.admitted = True
             entry.started = now
             self._in_flight += 1
@@ -618,7 +678,26 @@ class FakeProvider:
             headers = []
             if bucket is not None and self._rate_limit_headers:
                 headers = self._bucket_headers(bucket, wire)
+            if states:
+                headers += [h for state in states for h in state.headers()]
             return _Admission(self._pick_action(), headers)
+
+    def _bucket_rejection(
+        self, bucket: TokenBucket, wire: _wire.Wire, announced: list[tuple[str, str]]
+    ) -> _Rejection:
+        wait = bucket.wait_for_one()
+        headers = [("Retry-After", str(max(1, math.ceil(wait - EPSILON))))]
+        headers += self._bucket_headers(bucket, wire) + announced
+        message = (
+            f"Rate limit reached for requests (fake): limit "
+            f"{_number(bucket.per_minute)} per minute. Please try again in "
+            f"{_wire.go_duration(wait)}."
+        )
+        if wire == "anthropic":
+            body = _wire.error_body(wire, message, "rate_limit_error")
+        else:
+            body = _wire.error_body(wire, message, "requests", "rate_limit_exceeded")
+        return _Rejection(429, headers, body, "rate_limit")
 
     def _bucket_headers(self, bucket: TokenBucket, wire: _wire.Wire) -> list[tuple[str, str]]:
         # The limit reported is the bucket's capacity, so that "reset" (the time until the
@@ -721,9 +800,11 @@ class FakeProvider:
         body: Mapping[str, Any] | str | bytes,
         headers: list[tuple[str, str]],
         kind: str,
+        content_type: str | None = None,
     ) -> None:
         """Write one whole response in one send; the record closes just before it."""
-        data, content_type = _wire.encode_body(body)
+        data, default_type = _wire.encode_body(body)
+        content_type = content_type or default_type
         payload = _wire.encode_response(
             status, headers, data, content_type=content_type, close=handler.close_connection
         )
