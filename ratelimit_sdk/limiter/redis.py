@@ -32,6 +32,10 @@ How it works:
   and falls back to an in-process :class:`~.memory.MemoryLimiter` with the same
   limits, trying Redis again every ``backend_retry`` seconds;
   ``on_backend_error="raise"`` raises :class:`~ratelimit_sdk.errors.BackendError`.
+  Either way this process never holds more than ``max_concurrent`` units on both
+  paths together (:mod:`.redis_gate`), every call to Redis is bounded by the
+  caller's time left, and releases that failed are sent again once Redis
+  answers (:mod:`.redis_leases`).
   No ``redis`` exception type ever leaves this module or its parts.
 
 ``redis`` is imported only by this module and its parts, when the first
@@ -46,6 +50,8 @@ interfaces:
 * :mod:`.redis_store`: :class:`~.redis_store.RedisStore`, one limiter's keys,
   this process's view of its limits, and the outage policy (fall back to local
   limits, return to Redis);
+* :mod:`.redis_gate`: :class:`~.redis_gate.ProcessGate`, the units this process
+  holds on Redis and locally together, never above ``max_concurrent``;
 * :mod:`.redis_wake`: :class:`~.redis_wake.WaitLine`, the local line of waiters
   and the pub/sub wake-ups;
 * :mod:`.redis_leases`: :class:`~.redis_leases.Leases`, permits as leases, the
@@ -338,6 +344,7 @@ class RedisLimiter(Limiter):
     def wake_all(self) -> None:
         """Wake this process's waiting threads so they re-check their ``cancel`` events."""
         self.line.wake_all()
+        self.store.gate.wake_all()
         local = self.store.local
         if local is not None:
             local.wake_all()
@@ -350,6 +357,7 @@ class RedisLimiter(Limiter):
         is left as it is.
         """
         self.line.close()
+        self.store.gate.close()
         local = self.store.local
         if local is not None:
             local.close()
