@@ -272,3 +272,45 @@ def test_releases_that_failed_on_a_hung_redis_are_sent_again(
     got.release()
     shared_in_flight_drops_to_zero(lim, own_redis_server, redis_key)
     lim.close()
+
+
+@pytest.mark.parametrize("policy", ["local", "raise"])
+def test_a_chat_on_a_hung_redis_keeps_its_deadline(
+    own_redis_server: RedisServer, redis_key: str, policy: str
+) -> None:
+    from ratelimit_sdk import Client
+    from ratelimit_sdk.testing import FakeProvider
+
+    with FakeProvider("p", latency=0.01) as fake:
+        client = Client(
+            {
+                "backend": own_redis_server.url,
+                "key_prefix": redis_key,
+                "on_backend_error": policy,
+                "providers": [
+                    {
+                        "name": "p",
+                        "base_url": fake.base_url,
+                        "model": "m",
+                        "limits": {"max_concurrent": 2},
+                        "retry": {"max_retries": 0, "base_delay": 0.01},
+                    }
+                ],
+            }
+        )
+        try:
+            client.chat("warm up", timeout=10)
+            with stopped(own_redis_server):
+                for deadline in (2.0, 1.0):
+                    t0 = time.monotonic()
+                    try:
+                        client.chat("q", timeout=deadline)
+                        ok = True
+                    except Exception:
+                        ok = False
+                    took = time.monotonic() - t0
+                    assert took <= deadline + LATE, f"chat(timeout={deadline}) took {took:.2f}s"
+                    if policy == "local":
+                        assert ok, "the local fallback admits the call"
+        finally:
+            client.close()
