@@ -121,14 +121,18 @@ class RedisLimiter(Limiter):
     * ``key`` (required): the name every process sharing the budget uses
       (typically the provider name).
     * ``backend``: a ``redis://``, ``rediss://`` or ``unix://`` URL, used when no
-      ``redis_client`` is given; the client gets ``socket_timeout``-second time-outs.
+      ``redis_client`` is given; the client gets ``socket_timeout``-second time-outs,
+      each call also cut to its caller's time left (an ``acquire(timeout=t)``
+      returns in about ``t`` however long Redis hangs).
     * ``prefix``: namespace of the keys (``{prefix}:{<key>}:...``).
     * ``lease_timeout``: seconds after which a crashed holder's permit comes back.
     * ``on_backend_error``: ``"local"`` (fall back to in-process limits while
       Redis is unreachable, with one WARNING; retry every ``backend_retry``
       seconds) or ``"raise"`` (raise :class:`~ratelimit_sdk.errors.BackendError`).
-      Releasing and settling never raise: a failed release is logged and its
-      lease expires by itself.
+      Releasing and settling never raise: a failed release is sent again when
+      Redis answers (within seconds, not ``lease_timeout``). Under either
+      policy this process never holds more than ``max_concurrent`` units on
+      Redis and locally together.
     * ``pool``: another ``RedisLimiter`` on the same Redis server whose
       concurrency (``pool_units`` per request), rate and token budget this one
       also draws from, in the same atomic decision.
