@@ -314,3 +314,30 @@ def test_a_chat_on_a_hung_redis_keeps_its_deadline(
                         assert ok, "the local fallback admits the call"
         finally:
             client.close()
+
+
+def test_a_waiter_of_a_full_process_hears_higher_limits_set_elsewhere(
+    redis_url: str, redis_key: str
+) -> None:
+    a = Limiter(max_concurrent=1, backend=redis_url, key=redis_key, on_backend_error="raise")
+    b = Limiter(max_concurrent=1, backend=redis_url, key=redis_key, on_backend_error="raise")
+    assert isinstance(a, RedisLimiter) and isinstance(b, RedisLimiter)
+    holder = a.acquire()
+    got: list[float] = []
+
+    def waiter() -> None:
+        with a.acquire(timeout=10):
+            got.append(time.monotonic())
+
+    t = threading.Thread(target=waiter)
+    t.start()
+    wait_until(lambda: a.shared_stats()["waiting"] == 1)  # it keeps its place in line
+    time.sleep(0.2)
+    raised = time.monotonic()
+    b.update(max_concurrent=2)
+    t.join(15)
+    assert got, "not admitted"
+    assert got[0] - raised < 1.5  # woken by the change, not by the end of a 2 s slice
+    holder.release()
+    a.close()
+    b.close()

@@ -223,6 +223,7 @@ class RedisLimiter(Limiter):
         self.store.handover = self._handover
         channels = [keys.channel] if pool is None else [keys.channel, pool.store.keys.channel]
         self.line = WaitLine(redis_client, channels, key)
+        self.line.on_cfg = self.store.gate.wake_all
         self.leases: Leases = Leases(
             self,
             self.store,

@@ -254,6 +254,7 @@ class Admission:
 
     def _gate_wait(
         self,
+        w: Waiter,
         units: int,
         start: float,
         deadline: float | None,
@@ -262,15 +263,25 @@ class Admission:
     ) -> bool:
         """Wait up to ``most`` seconds for room in the gate; True when taken.
 
-        Raises AcquireTimeout at the deadline, on cancel or close.
+        False also when a limits change is announced (the leader asks Redis for
+        them). Raises AcquireTimeout at the deadline, on cancel or close.
         """
         now = self.clock.monotonic()
         until = now + max(0.0, most)
         if deadline is not None:
             until = min(until, deadline)
-        got = self.store.gate.take(units, clock=self.clock, deadline=until, cancel=cancel)
+        gen_cfg = w.gen_cfg
+        got = self.store.gate.take(
+            units,
+            clock=self.clock,
+            deadline=until,
+            cancel=cancel,
+            abort=lambda: w.gen_cfg != gen_cfg,
+        )
         if got is GateResult.TAKEN:
             return True
+        if got is GateResult.ABORTED:
+            return False
         if got is GateResult.TIMEOUT and (deadline is None or self.clock.monotonic() < deadline):
             return False
         raise self._gate_error(got, start)
@@ -378,10 +389,8 @@ class Admission:
                     self._cancel([w.id])
                 return None
             reserved = gate.try_take(units)
-            if not wait and not reserved:
-                return Refusal(None, None)  # this process holds the whole limit
             if w.ticketed and not reserved:
-                reserved = self._gate_wait(units, start, deadline, self.slice, cancel)
+                reserved = self._gate_wait(w, units, start, deadline, self.slice, cancel)
             elif w.ticketed:
                 # Its predecessor took its place in line: no call until a wake-up names
                 # its ticket (one may have come already), or a slice passes.
@@ -432,6 +441,13 @@ class Admission:
                 store.absorb(reply[_CFG_AT : _CFG_AT + NCFG])
                 if self.pool is not None:
                     self.pool.absorb(reply[_CFG_AT + NCFG : _CFG_AT + 2 * NCFG])
+                if status == 1 and not reserved:
+                    # A try while this process seemed to hold its whole limit: the reply
+                    # brought the limits (another process may have raised them).
+                    reserved = gate.try_take(units)
+                    if not reserved:
+                        self.leases.send_release(f"{w.id}|{units}", f"{w.id}|{self.pool_units()}")
+                        return Refusal(None, float(text(reply[3])) / 1e6)
                 if status == 1:
                     permit = self.leases.grant(w.id, units, tokens, self.pool_units())
                     granted = True
@@ -468,8 +484,8 @@ class Admission:
                 sleep = min(t0 + wait_s - now, self.slice) if status == 0 else self.slice
                 if deadline is not None:
                     sleep = min(sleep, deadline - now)
-                if not reserved:  # room comes from a release of this process only
-                    reserved = self._gate_wait(units, start, deadline, sleep, cancel)
+                if not reserved:  # room comes from a release here, or from higher limits
+                    reserved = self._gate_wait(w, units, start, deadline, sleep, cancel)
                     continue
                 with line.lock:
                     w.watch_cfg = status == 0
