@@ -391,7 +391,7 @@ class Admission:
             reserved = gate.try_take(units)
             if w.ticketed and not reserved:
                 reserved = self._gate_wait(w, units, start, deadline, self.slice, cancel)
-            elif w.ticketed:
+            if w.ticketed and reserved:
                 # Its predecessor took its place in line: no call until a wake-up names
                 # its ticket (one may have come already), or a slice passes.
                 with line.lock:
@@ -486,7 +486,12 @@ class Admission:
                     sleep = min(sleep, deadline - now)
                 if not reserved:  # room comes from a release here, or from higher limits
                     reserved = self._gate_wait(w, units, start, deadline, sleep, cancel)
-                    continue
+                    if not reserved or status == -3:
+                        continue  # -3: first in line there and room: ask at once
+                    # Room here now: ask Redis when the line there reaches it, as any waiter.
+                    now2 = clock.monotonic()
+                    sleep -= now2 - now
+                    now = now2
                 with line.lock:
                     w.watch_cfg = status == 0
                     # A timer waits for limit changes only; a release wait for anything.

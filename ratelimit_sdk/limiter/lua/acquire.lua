@@ -11,7 +11,9 @@
 -- Reply: {status, wait (us), server now (us), cooldown left (us), 3 breaker fields,
 --         7 limit fields, [7 pool limit fields]}
 --   status 1: admitted (lease held); 0: wait ``wait`` us then call again;
---   -1: wait for a wake-up (a release, or the line to move); -2: can never fit.
+--   -1: wait for a wake-up (a release, or the line to move); -2: can never fit;
+--   -3 (mode 'h' only): first in line and Redis has room: call again once the
+--   process has room.
 --
 -- FIFO: a waiter registers a ticket scored by its arrival; only the first ticket of
 -- a limiter may be admitted. A pool member whose own limits allow the request but
@@ -180,7 +182,7 @@ if hold then
   if P then
     leave(P)
   end
-  return reply(-1, 0)
+  return reply(-3, 0)
 end
 
 take(M, id, units, tokens, now, lease_ttl)
