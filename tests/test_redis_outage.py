@@ -341,3 +341,20 @@ def test_a_waiter_of_a_full_process_hears_higher_limits_set_elsewhere(
     holder.release()
     a.close()
     b.close()
+
+
+def test_a_short_wait_that_runs_out_on_a_slow_redis_is_no_outage(
+    own_redis_server: RedisServer, redis_key: str
+) -> None:
+    lim = make(own_redis_server, redis_key, "local", backend_retry=60.0)
+    lim.acquire().release()
+    with stopped(own_redis_server):
+        t0 = time.monotonic()
+        with pytest.raises(AcquireTimeout):
+            lim.acquire(timeout=0.2)
+        assert time.monotonic() - t0 <= 0.2 + LATE
+        assert not lim.degraded  # its own time ran out; Redis was not given long enough
+        with suppress(AcquireTimeout):
+            lim.acquire(timeout=1.0).release()  # given long enough: now it is an outage
+        assert lim.degraded
+    lim.close()

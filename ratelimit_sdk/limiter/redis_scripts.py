@@ -46,6 +46,10 @@ DEFAULT_BACKEND_RETRY = 5.0
 #: Fewest seconds a script call is given, however little of its caller's time is left
 #: (a try, ``timeout=0``, is one call: it is not refused for want of time to make it).
 MIN_CALL = 0.1
+#: A call cut shorter than this by its caller's deadline that times out is the caller's
+#: time running out (AcquireTimeout), not Redis failing: no outage is declared for it.
+#: A try (``timeout=0``) is given this long.
+OUTAGE_AFTER = 0.5
 #: Longest a release, a settlement or a breaker write waits for Redis in the caller's
 #: thread: a release that fails is sent again later (see :mod:`.redis_leases`).
 SIDE_CALL = 0.5
@@ -300,9 +304,10 @@ def client_from_url(redis_mod: Any, url: str, timeout: float) -> Any:
 class RedisDown(Exception):
     """Redis did not answer (connection, time-out, read-only replica): the policy decides."""
 
-    def __init__(self, cause: BaseException) -> None:
+    def __init__(self, cause: BaseException, *, timed_out: bool = False) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.timed_out = timed_out  # no answer in time (else: refused, reset, read-only)
 
 
 class Scripts:
@@ -316,6 +321,7 @@ class Scripts:
         self.key = key
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
         self._redis_error: type[Exception] = redis_mod.exceptions.RedisError
+        self._timeout_error: type[Exception] = redis_mod.exceptions.TimeoutError
         self._down_errors: tuple[type[Exception], ...] = (
             redis_mod.exceptions.ConnectionError,
             redis_mod.exceptions.TimeoutError,
@@ -338,7 +344,7 @@ class Scripts:
             with call_deadline(timeout):
                 return self._scripts[name](keys=keys, args=args)
         except self._down_errors as exc:
-            raise RedisDown(exc) from exc
+            raise RedisDown(exc, timed_out=isinstance(exc, self._timeout_error)) from exc
         except self._redis_error as exc:
             raise BackendError(
                 f"Redis refused the {name} script of limiter {self.key!r}: {exc}"

@@ -41,7 +41,16 @@ from .base import Permit
 from .memory import MemoryLimiter
 from .redis_gate import GateResult
 from .redis_leases import Leases
-from .redis_scripts import MAX_SLICE, MIN_CALL, NBRK, NCFG, SIDE_CALL, RedisDown, text
+from .redis_scripts import (
+    MAX_SLICE,
+    MIN_CALL,
+    NBRK,
+    NCFG,
+    OUTAGE_AFTER,
+    SIDE_CALL,
+    RedisDown,
+    text,
+)
 from .redis_store import RedisStore
 from .redis_wake import Waiter, WaitLine
 
@@ -293,11 +302,15 @@ class Admission:
             return self.timeout_error(start, "limiter is closed")
         return self.timeout_error(start)
 
-    def _call_timeout(self, deadline: float | None) -> float | None:
-        """Seconds a call to Redis may take: the time left, at least MIN_CALL (None: none)."""
+    def _call_timeout(self, deadline: float | None, wait: bool) -> float | None:
+        """Seconds a call to Redis may take: the time left, at least MIN_CALL (None: none).
+
+        A try is given OUTAGE_AFTER: it does not wait for limits, but a slow reply
+        is not an outage.
+        """
         if deadline is None:
             return None
-        return max(MIN_CALL, deadline - self.clock.monotonic())
+        return max(MIN_CALL if wait else OUTAGE_AFTER, deadline - self.clock.monotonic())
 
     def _server_us(self, arrival: float) -> int:
         """A local monotonic time as server microseconds (0: not known yet)."""
@@ -419,8 +432,9 @@ class Admission:
                 args = self._args(w, units, tokens, mode, succ)
                 t0 = clock.monotonic()
                 in_call = True
+                budget = self._call_timeout(deadline, wait)
                 try:
-                    reply = store.run("acquire", keys, args, self._call_timeout(deadline))
+                    reply = store.run("acquire", keys, args, budget)
                 except RedisDown as exc:
                     in_call = False
                     # It may still reach Redis (a hang): its lease and tickets must go then.
@@ -430,6 +444,10 @@ class Admission:
                     )
                     self._cancel(ids, again=True)
                     queued_in_redis = False
+                    short = budget is not None and budget < OUTAGE_AFTER
+                    if exc.timed_out and short and not store.in_outage:
+                        # The caller's time ran out (Redis may only be slow): no outage.
+                        raise self.timeout_error(start) from None
                     store.on_down(exc, "acquiring")
                     return None
                 in_call = False
