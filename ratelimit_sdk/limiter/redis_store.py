@@ -132,6 +132,7 @@ class RedisStore:
         self.on_recover: list[Callable[[], None]] = []
         #: Units this process holds on either path (Redis leases, local permits).
         self.gate = ProcessGate(lambda: self.limits["max_concurrent"])
+        self.on_recover.append(self.gate.wake_all)  # local waiters go back to Redis
         #: Called with the 3 breaker fields of every reply that carries them.
         self.on_breaker_fields: Callable[[Sequence[Any]], None] | None = None
 
