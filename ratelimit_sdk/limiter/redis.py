@@ -32,6 +32,10 @@ How it works:
   and falls back to an in-process :class:`~.memory.MemoryLimiter` with the same
   limits, trying Redis again every ``backend_retry`` seconds;
   ``on_backend_error="raise"`` raises :class:`~ratelimit_sdk.errors.BackendError`.
+  Either way this process never holds more than ``max_concurrent`` units on both
+  paths together (:mod:`.redis_gate`), every call to Redis is bounded by the
+  caller's time left, and releases that failed are sent again once Redis
+  answers (:mod:`.redis_leases`).
   No ``redis`` exception type ever leaves this module or its parts.
 
 ``redis`` is imported only by this module and its parts, when the first
@@ -46,6 +50,8 @@ interfaces:
 * :mod:`.redis_store`: :class:`~.redis_store.RedisStore`, one limiter's keys,
   this process's view of its limits, and the outage policy (fall back to local
   limits, return to Redis);
+* :mod:`.redis_gate`: :class:`~.redis_gate.ProcessGate`, the units this process
+  holds on Redis and locally together, never above ``max_concurrent``;
 * :mod:`.redis_wake`: :class:`~.redis_wake.WaitLine`, the local line of waiters
   and the pub/sub wake-ups;
 * :mod:`.redis_leases`: :class:`~.redis_leases.Leases`, permits as leases, the
@@ -115,14 +121,18 @@ class RedisLimiter(Limiter):
     * ``key`` (required): the name every process sharing the budget uses
       (typically the provider name).
     * ``backend``: a ``redis://``, ``rediss://`` or ``unix://`` URL, used when no
-      ``redis_client`` is given; the client gets ``socket_timeout``-second time-outs.
+      ``redis_client`` is given; the client gets ``socket_timeout``-second time-outs,
+      each call also cut to its caller's time left (an ``acquire(timeout=t)``
+      returns in about ``t`` however long Redis hangs).
     * ``prefix``: namespace of the keys (``{prefix}:{<key>}:...``).
     * ``lease_timeout``: seconds after which a crashed holder's permit comes back.
     * ``on_backend_error``: ``"local"`` (fall back to in-process limits while
       Redis is unreachable, with one WARNING; retry every ``backend_retry``
       seconds) or ``"raise"`` (raise :class:`~ratelimit_sdk.errors.BackendError`).
-      Releasing and settling never raise: a failed release is logged and its
-      lease expires by itself.
+      Releasing and settling never raise: a failed release is sent again when
+      Redis answers (within seconds, not ``lease_timeout``). Under either
+      policy this process never holds more than ``max_concurrent`` units on
+      Redis and locally together.
     * ``pool``: another ``RedisLimiter`` on the same Redis server whose
       concurrency (``pool_units`` per request), rate and token budget this one
       also draws from, in the same atomic decision.
@@ -213,6 +223,7 @@ class RedisLimiter(Limiter):
         self.store.handover = self._handover
         channels = [keys.channel] if pool is None else [keys.channel, pool.store.keys.channel]
         self.line = WaitLine(redis_client, channels, key)
+        self.line.on_cfg = self.store.gate.wake_all
         self.leases: Leases = Leases(
             self,
             self.store,
@@ -338,6 +349,7 @@ class RedisLimiter(Limiter):
     def wake_all(self) -> None:
         """Wake this process's waiting threads so they re-check their ``cancel`` events."""
         self.line.wake_all()
+        self.store.gate.wake_all()
         local = self.store.local
         if local is not None:
             local.wake_all()
@@ -350,6 +362,7 @@ class RedisLimiter(Limiter):
         is left as it is.
         """
         self.line.close()
+        self.store.gate.close()
         local = self.store.local
         if local is not None:
             local.close()

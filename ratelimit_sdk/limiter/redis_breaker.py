@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 from ..errors import BackendError
-from .redis_scripts import LOG, RedisDown, text
+from .redis_scripts import LOG, SIDE_CALL, RedisDown, text
 from .redis_store import RedisStore
 
 __all__ = ["BreakerFields", "SharedBreakerCell"]
@@ -99,7 +99,8 @@ class SharedBreakerCell:
         first; ``state`` / ``opened_at``: the new values (``None``: keep). A state
         change is published to the other processes. ``refresh=False``: leave the
         copy as it is (the caller adopts the result with :meth:`refresh` when it
-        is ready to). Never raises: when Redis does not answer, the change
+        is ready to). Never raises: when Redis does not answer (within
+        ``SIDE_CALL`` seconds; not tried while an outage is known), the change
         applies to this process's copy only.
         """
         store = self._store
@@ -113,7 +114,9 @@ class SharedBreakerCell:
         self.writes += 1
         raw: Any = None
         try:
-            raw = store.run("breaker", [store.keys.cfg], args)
+            if store.in_outage:  # known down: do not make the caller wait for it
+                raise RedisDown(ConnectionError("Redis unreachable (outage known)"))
+            raw = store.run("breaker", [store.keys.cfg], args, SIDE_CALL)
         except (RedisDown, BackendError) as exc:
             if isinstance(exc, RedisDown):
                 store.note_down(exc, "sharing the breaker state")

@@ -7,7 +7,9 @@ Part of :mod:`.redis` (read that first). This module holds no limiter state:
 * :class:`Scripts`: the scripts registered on one client and the one place where
   redis exceptions become :class:`RedisDown` (Redis did not answer: the outage
   policy decides) or :class:`~ratelimit_sdk.errors.BackendError`;
-* importing ``redis`` lazily and building a client from a URL;
+* importing ``redis`` lazily and building a client from a URL whose connections
+  bound each read by the calling script call's time left (:func:`call_deadline`),
+  and whose one retry (a stale pooled connection) never outlives it;
 * packing limits into the scripts' text form and reading them back from a reply;
 * the checks of the ``RedisLimiter`` options (key, prefix, seconds, failure policy).
 
@@ -21,7 +23,10 @@ import importlib
 import importlib.resources
 import logging
 import math
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from ..errors import BackendError, ConfigError
@@ -38,6 +43,18 @@ DEFAULT_LEASE_TIMEOUT = 30.0
 DEFAULT_SOCKET_TIMEOUT = 1.0
 #: Seconds between two attempts to reach Redis again while falling back to local limits.
 DEFAULT_BACKEND_RETRY = 5.0
+#: Fewest seconds a script call is given, however little of its caller's time is left
+#: (a try, ``timeout=0``, is one call: it is not refused for want of time to make it).
+MIN_CALL = 0.1
+#: A call cut shorter than this by its caller's deadline that times out is the caller's
+#: time running out (AcquireTimeout), not Redis failing: no outage is declared for it.
+#: A try (``timeout=0``) is given this long.
+OUTAGE_AFTER = 0.5
+#: Longest a release, a settlement or a breaker write waits for Redis in the caller's
+#: thread: a release that fails is sent again later (see :mod:`.redis_leases`).
+SIDE_CALL = 0.5
+#: Seconds between two tries of the releases and ticket cancels that failed in an outage.
+PENDING_RETRY = 0.5
 #: Longest single sleep, in seconds, of a waiter between two looks at Redis (the cap on
 #: what a lost wake-up can cost); also bounded by ``lease_timeout / 3``.
 MAX_SLICE = 2.0
@@ -172,28 +189,125 @@ def check_options(
     return key
 
 
-def client_from_url(redis_mod: Any, url: str, timeout: float) -> Any:
-    """A ``redis.Redis`` for ``url`` with ``timeout``-second time-outs and one quick retry."""
-    retry = importlib.import_module("redis.retry").Retry
-    no_backoff = importlib.import_module("redis.backoff").NoBackoff
+_CALL = threading.local()  # .deadline: time.monotonic() by which this thread's call ends
+
+
+def time_left() -> float | None:
+    """Seconds left to the current thread's script call (None: no deadline of its own)."""
+    deadline: float | None = getattr(_CALL, "deadline", None)
+    return None if deadline is None else deadline - time.monotonic()
+
+
+@contextmanager
+def call_deadline(seconds: float | None) -> Iterator[None]:
+    """Within the block, this thread's Redis reads end ``seconds`` from now (None: no change).
+
+    Read by the connections of a client built by :func:`client_from_url`: each
+    read waits ``min(socket_timeout, time left)``, and the retry is skipped once
+    the time is up.
+    """
+    if seconds is None:
+        yield
+        return
+    before = getattr(_CALL, "deadline", None)
+    _CALL.deadline = time.monotonic() + seconds
     try:
-        return redis_mod.Redis.from_url(
+        yield
+    finally:
+        _CALL.deadline = before
+
+
+def _bounded(seconds: float | None) -> float | None:
+    """``seconds`` (a socket time-out) cut to the current call's time left."""
+    left = time_left()
+    if left is None:
+        return seconds
+    left = max(0.001, left)
+    return left if seconds is None else min(seconds, left)
+
+
+@functools.cache
+def _deadline_connection(base: Any) -> Any:
+    """``base`` (a redis-py connection class) whose reads and connects honour :func:`time_left`."""
+
+    class DeadlineConnection(base):  # type: ignore[misc]
+        socket_connect_timeout: Any
+        socket_timeout: Any
+
+        def connect(self) -> None:
+            if time_left() is None:
+                super().connect()
+                return
+            configured = self.socket_connect_timeout
+            self.socket_connect_timeout = _bounded(configured)
+            try:
+                super().connect()
+            finally:
+                self.socket_connect_timeout = configured
+
+        def read_response(self, *args: Any, **kwargs: Any) -> Any:
+            if "timeout" not in kwargs and time_left() is not None:
+                kwargs["timeout"] = _bounded(self.socket_timeout)
+            return super().read_response(*args, **kwargs)
+
+    DeadlineConnection.__name__ = DeadlineConnection.__qualname__ = f"Deadline{base.__name__}"
+    return DeadlineConnection
+
+
+def _deadline_retry(redis_mod: Any) -> Any:
+    """A retry policy: once after a connection error (a stale pooled connection).
+
+    Never past the call's deadline, and never after a time-out (the command may
+    still run in a Redis that hangs).
+    """
+    retry_cls: Any = importlib.import_module("redis.retry").Retry
+    no_backoff = importlib.import_module("redis.backoff").NoBackoff
+
+    class DeadlineRetry(retry_cls):  # type: ignore[misc]
+        def call_with_retry(
+            self, do: Any, fail: Any, is_retryable: Any = None, with_failure_count: bool = False
+        ) -> Any:
+            def retryable(error: Exception) -> bool:
+                if is_retryable is not None and not is_retryable(error):
+                    return False
+                left = time_left()
+                return left is None or left > MIN_CALL / 2
+
+            return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+    return DeadlineRetry(no_backoff(), 1, supported_errors=(redis_mod.exceptions.ConnectionError,))
+
+
+def client_from_url(redis_mod: Any, url: str, timeout: float) -> Any:
+    """A ``redis.Redis`` for ``url`` with ``timeout``-second time-outs and one quick retry.
+
+    Its connections bound every read and connect by the time left to the calling
+    script call (:func:`call_deadline`); the retry follows a connection error only
+    (never a time-out) and only while time is left.
+    """
+    try:
+        pool = redis_mod.ConnectionPool.from_url(
             url,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
-            retry=retry(no_backoff(), 1),  # one quick retry: a stale pooled connection
+            retry=_deadline_retry(redis_mod),
         )
     except ValueError as exc:
         # redis-py's message names the scheme, never the password.
         raise ConfigError(f"backend: not a usable Redis URL ({exc})", field="backend") from exc
+    pool.connection_class = _deadline_connection(pool.connection_class)
+    client = redis_mod.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
 class RedisDown(Exception):
     """Redis did not answer (connection, time-out, read-only replica): the policy decides."""
 
-    def __init__(self, cause: BaseException) -> None:
+    def __init__(self, cause: BaseException, *, timed_out: bool = False) -> None:
         super().__init__(str(cause))
         self.cause = cause
+        self.timed_out = timed_out  # no answer in time (else: refused, reset, read-only)
 
 
 class Scripts:
@@ -207,6 +321,7 @@ class Scripts:
         self.key = key
         self._scripts = {name: client.register_script(script_source(name)) for name in SCRIPT_NAMES}
         self._redis_error: type[Exception] = redis_mod.exceptions.RedisError
+        self._timeout_error: type[Exception] = redis_mod.exceptions.TimeoutError
         self._down_errors: tuple[type[Exception], ...] = (
             redis_mod.exceptions.ConnectionError,
             redis_mod.exceptions.TimeoutError,
@@ -215,16 +330,21 @@ class Scripts:
             redis_mod.exceptions.TryAgainError,
         )
 
-    def call(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
+    def call(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], timeout: float | None = None
+    ) -> Any:
         """Run script ``name`` (one EVALSHA; loaded again after NOSCRIPT).
 
-        Raises :class:`RedisDown` when Redis did not answer, BackendError when it
-        refused the script; never a ``redis`` exception.
+        ``timeout``: seconds the call may take at most (with a client built from
+        the URL; None: the client's socket time-outs). Raises :class:`RedisDown`
+        when Redis did not answer, BackendError when it refused the script; never
+        a ``redis`` exception.
         """
         try:
-            return self._scripts[name](keys=keys, args=args)
+            with call_deadline(timeout):
+                return self._scripts[name](keys=keys, args=args)
         except self._down_errors as exc:
-            raise RedisDown(exc) from exc
+            raise RedisDown(exc, timed_out=isinstance(exc, self._timeout_error)) from exc
         except self._redis_error as exc:
             raise BackendError(
                 f"Redis refused the {name} script of limiter {self.key!r}: {exc}"

@@ -9,7 +9,12 @@ Part of :mod:`.redis` (read that first). A :class:`RedisStore` is what one
   ``"local"`` log one WARNING, fall back to an in-process
   :class:`~.memory.MemoryLimiter` and probe Redis every ``backend_retry``
   seconds; once Redis answers, hand over (through the ``handover`` callback) the
-  limits and the cooldown changed meanwhile;
+  limits and the cooldown changed meanwhile, and run the ``on_recover``
+  callbacks (the lease thread resends the releases that failed; waiters for
+  local room move back to Redis);
+* :attr:`RedisStore.gate` (:class:`~.redis_gate.ProcessGate`): the units this
+  process holds on either path, which the fall-back limiter (a
+  :class:`FallbackLimiter`) counts as in flight too;
 * this process's view of the shared limits (:meth:`RedisStore.absorb`) and one
   read of the shared state (:meth:`RedisStore.stats`).
 
@@ -25,10 +30,12 @@ from typing import Any
 
 from ..clock import Clock
 from ..errors import BackendError
+from .base import Permit
 from .memory import MemoryLimiter
+from .redis_gate import ProcessGate
 from .redis_scripts import LOG, NBRK, NCFG, RedisDown, Scripts, parse_limits, spec_of, text
 
-__all__ = ["LimiterKeys", "RedisStore"]
+__all__ = ["FallbackLimiter", "LimiterKeys", "RedisStore"]
 
 #: What a store calls when Redis answers again after changes made while it was down:
 #: ``handover(pending limits, cooldown seconds left or None)``.
@@ -65,6 +72,28 @@ class LimiterKeys:
         return [self.cfg, self.st, self.leases, self.q, self.qx]
 
 
+class FallbackLimiter(MemoryLimiter):
+    """The in-process limiter used while Redis is unreachable.
+
+    A MemoryLimiter whose permits also count in the process's
+    :class:`~.redis_gate.ProcessGate`.
+
+    Admissions take their units from the gate first (:mod:`.redis_wait`); a
+    release gives them back here, whichever way it comes (release, finalizer,
+    collected permit).
+    """
+
+    def __init__(self, *, gate: ProcessGate, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._gate = gate
+
+    def _release_locked(self, permit: Permit) -> None:
+        if permit._released:
+            return
+        super()._release_locked(permit)
+        self._gate.free(permit.units)
+
+
 class RedisStore:
     """One limiter's state in Redis as this process sees it, and the failure policy."""
 
@@ -99,6 +128,11 @@ class RedisStore:
         self._pending: dict[str, Any] = {}  # limits changed while degraded
         self._pending_cool_until: float | None = None  # a cooldown started while degraded
         self.handover: Handover | None = None
+        #: Called (outside the lock) when Redis answers again after failing.
+        self.on_recover: list[Callable[[], None]] = []
+        #: Units this process holds on either path (Redis leases, local permits).
+        self.gate = ProcessGate(lambda: self.limits["max_concurrent"])
+        self.on_recover.append(self.gate.wake_all)  # local waiters go back to Redis
         #: Called with the 3 breaker fields of every reply that carries them.
         self.on_breaker_fields: Callable[[Sequence[Any]], None] | None = None
 
@@ -120,6 +154,8 @@ class RedisStore:
             self.version = version
             self._spec_text = f"{version}|{spec_of(limits)}"
             self._raw_seen = ()
+        if changed:
+            self.gate.wake_all()  # a higher max_concurrent may let a waiter in
         return changed
 
     def absorb(self, raw: Sequence[Any]) -> None:
@@ -153,9 +189,14 @@ class RedisStore:
 
     # -- talking to Redis, and the failure policy ----------------------------------------
 
-    def run(self, name: str, keys: Sequence[str], args: Sequence[Any]) -> Any:
-        """Call one script (raises RedisDown or BackendError, never a redis error)."""
-        return self.scripts.call(name, keys, args)
+    def run(
+        self, name: str, keys: Sequence[str], args: Sequence[Any], timeout: float | None = None
+    ) -> Any:
+        """Call one script (raises RedisDown or BackendError, never a redis error).
+
+        ``timeout``: seconds it may take at most (None: the client's time-outs).
+        """
+        return self.scripts.call(name, keys, args, timeout)
 
     def on_down(self, exc: RedisDown, doing: str) -> None:
         """Apply the failure policy: raise BackendError, or switch to local limits."""
@@ -196,6 +237,11 @@ class RedisStore:
         return self._outage
 
     @property
+    def in_outage(self) -> bool:
+        """True from a failed call to Redis until one succeeds (either policy)."""
+        return self._outage
+
+    @property
     def degraded(self) -> bool:
         """True while Redis is unreachable and this process uses its own limits."""
         return self._degraded
@@ -225,6 +271,11 @@ class RedisStore:
             pending, self._pending = self._pending, {}
             cool_until, self._pending_cool_until = self._pending_cool_until, None
         LOG.warning("Redis answers again for limiter %r: shared limits are back", self.key)
+        for fn in self.on_recover:
+            try:
+                fn()
+            except Exception:  # a callback must not break the call that succeeded
+                LOG.exception("recovery callback of limiter %r failed", self.key)
         try:
             if not self.initialized:
                 self.init_remote()
@@ -253,7 +304,8 @@ class RedisStore:
         pool_local = None if pool is None else pool.fallback(None, 1)
         with self.lock:
             if self.local is None:
-                self.local = MemoryLimiter(
+                self.local = FallbackLimiter(
+                    gate=self.gate,
                     **self.limits,
                     key=self.key,
                     clock=self.clock,

@@ -16,12 +16,20 @@ Part of :mod:`.redis` (read that first). How an ``acquire`` is decided
 * a try (``timeout=0``, :meth:`Admission.admit` with ``wait=False``) is one call
   and returns the refusal (:class:`Refusal`) instead of waiting;
 * if the leader gives up (timeout, cancel, close, an exception) while Redis may
-  have admitted it or still holds its ticket, it gives both back.
+  have admitted it or still holds its ticket, it gives both back (when Redis did
+  not answer: through the pending queue of :mod:`.redis_leases`, sent again when
+  it answers);
+* every call to Redis is bounded by the time left to the caller's deadline
+  (at least ``MIN_CALL``), and a connection error is retried only while time is
+  left: ``acquire(timeout=t)`` returns within about ``t`` however Redis hangs;
+* both paths take their units from the process's gate
+  (:class:`~.redis_gate.ProcessGate`) first: Redis leases and local permits of
+  this process together never exceed ``max_concurrent``. A thread waiting there
+  for local room goes back to the Redis path when Redis answers again.
 """
 
 from __future__ import annotations
 
-import contextlib
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -31,8 +39,18 @@ from ..clock import Clock
 from ..errors import AcquireTimeout, BackendError, RequestTooLargeError
 from .base import Permit
 from .memory import MemoryLimiter
+from .redis_gate import GateResult
 from .redis_leases import Leases
-from .redis_scripts import MAX_SLICE, NBRK, NCFG, RedisDown, text
+from .redis_scripts import (
+    MAX_SLICE,
+    MIN_CALL,
+    NBRK,
+    NCFG,
+    OUTAGE_AFTER,
+    SIDE_CALL,
+    RedisDown,
+    text,
+)
 from .redis_store import RedisStore
 from .redis_wake import Waiter, WaitLine
 
@@ -136,7 +154,29 @@ class Admission:
             raise self.timeout_error(start, "limiter is closed")
         if self.leases.has_orphans:
             self.leases.drain_orphans()
+        for _ in range(1000):  # each turn ends by the deadline; Redis flapping is bounded too
+            got = self._admit_once(units, tokens, start, deadline, wait=wait, cancel=cancel)
+            if got is not None:
+                return got
+            if line.closed:
+                raise self.timeout_error(start, "limiter is closed")
+        raise self.timeout_error(start, "Redis kept failing and answering")  # pragma: no cover
+
+    def _admit_once(
+        self,
+        units: int,
+        tokens: int,
+        start: float,
+        deadline: float | None,
+        *,
+        wait: bool,
+        cancel: threading.Event | None,
+    ) -> Permit | Refusal | None:
+        """One try by Redis, else by local limits (None: Redis came back meanwhile, again)."""
+        clock = self.clock
+        line = self.line
         if not self.store.use_local():
+            probing = self.store.degraded  # this thread is the one to try Redis again
             w = Waiter(start)
             with line.lock:
                 if line.closed:
@@ -157,7 +197,9 @@ class Admission:
                             raise self.timeout_error(start)
                         clock.wait(line.cond(w), None if deadline is None else deadline - now)
                 led = True
-                got = self._lead(w, units, tokens, start, deadline, wait=wait, cancel=cancel)
+                got = self._lead(
+                    w, units, tokens, start, deadline, wait=wait, cancel=cancel, probing=probing
+                )
             finally:
                 with line.lock:
                     line.queue.remove(w)
@@ -168,16 +210,107 @@ class Admission:
                     self._cancel([w.id])
             if got is not None:
                 return got
-        # Redis is unreachable and the policy is "local".
+        return self._local(units, tokens, start, deadline, wait=wait, cancel=cancel)
+
+    def _local(
+        self,
+        units: int,
+        tokens: int,
+        start: float,
+        deadline: float | None,
+        *,
+        wait: bool,
+        cancel: threading.Event | None,
+    ) -> Permit | Refusal | None:
+        """Redis is unreachable and the policy is "local": the fall-back limiter decides.
+
+        Room is taken from the gate first, so the units still held on Redis count.
+        None: Redis answered again while this thread waited for room.
+        """
         local = self.fallback()
+        gate = self.store.gate
         if not wait:
-            p = local.try_acquire(units=units, tokens=tokens)
+            if not gate.try_take(units):
+                return Refusal(None, None)
+            try:
+                p = local.try_acquire(units=units, tokens=tokens)
+            except BaseException:
+                gate.free(units)
+                raise
             if p is None:
+                gate.free(units)
                 return Refusal(local.time_to_admit(units=units, tokens=tokens), None)
             return p
-        remaining = None if deadline is None else max(0.0, deadline - clock.monotonic())
-        extra: dict[str, Any] = {} if cancel is None else {"cancel": cancel}
-        return local.acquire(remaining, units=units, tokens=tokens, **extra)
+        store = self.store
+        got = gate.take(
+            units,
+            clock=self.clock,
+            deadline=deadline,
+            cancel=cancel,
+            abort=lambda: not store.degraded,
+        )
+        if got is GateResult.ABORTED:
+            return None
+        if got is not GateResult.TAKEN:
+            raise self._gate_error(got, start)
+        try:
+            remaining = None if deadline is None else max(0.0, deadline - self.clock.monotonic())
+            extra: dict[str, Any] = {} if cancel is None else {"cancel": cancel}
+            return local.acquire(remaining, units=units, tokens=tokens, **extra)
+        except BaseException:
+            gate.free(units)
+            raise
+
+    def _gate_wait(
+        self,
+        w: Waiter,
+        units: int,
+        start: float,
+        deadline: float | None,
+        most: float,
+        cancel: threading.Event | None,
+    ) -> bool:
+        """Wait up to ``most`` seconds for room in the gate; True when taken.
+
+        False also when a limits change is announced (the leader asks Redis for
+        them). Raises AcquireTimeout at the deadline, on cancel or close.
+        """
+        now = self.clock.monotonic()
+        until = now + max(0.0, most)
+        if deadline is not None:
+            until = min(until, deadline)
+        gen_cfg = w.gen_cfg
+        got = self.store.gate.take(
+            units,
+            clock=self.clock,
+            deadline=until,
+            cancel=cancel,
+            abort=lambda: w.gen_cfg != gen_cfg,
+        )
+        if got is GateResult.TAKEN:
+            return True
+        if got is GateResult.ABORTED:
+            return False
+        if got is GateResult.TIMEOUT and (deadline is None or self.clock.monotonic() < deadline):
+            return False
+        raise self._gate_error(got, start)
+
+    def _gate_error(self, got: GateResult, start: float) -> AcquireTimeout:
+        if got is GateResult.CANCELLED:
+            return self.timeout_error(start, "cancelled")
+        if got is GateResult.CLOSED:
+            return self.timeout_error(start, "limiter is closed")
+        return self.timeout_error(start)
+
+    def _call_timeout(self, deadline: float | None, wait: bool) -> float | None:
+        """Seconds a call to Redis may take: the time left, at least MIN_CALL (None: none).
+
+        A try is given OUTAGE_AFTER: it does not wait for limits, but a slow reply
+        is not an outage.
+        """
+        if deadline is None:
+            return None
+        return max(MIN_CALL if wait else OUTAGE_AFTER, deadline - self.clock.monotonic())
 
     def _server_us(self, arrival: float) -> int:
         """A local monotonic time as server microseconds (0: not known yet)."""
@@ -185,7 +318,7 @@ class Admission:
         return 0 if offset is None else int((arrival + offset) * 1e6)
 
     def _args(
-        self, w: Waiter, units: int, tokens: int, wait: bool, succ: Waiter | None
+        self, w: Waiter, units: int, tokens: int, mode: str, succ: Waiter | None
     ) -> list[Any]:
         args: list[Any] = [
             w.id,
@@ -194,7 +327,7 @@ class Admission:
             self.leases.lease_us,
             self.ticket_us,
             self._server_us(w.arrival),
-            "w" if wait else "t",
+            mode,
             "" if succ is None else succ.id,
             0 if succ is None else self._server_us(succ.arrival),
             *self.store.side_args(),
@@ -215,10 +348,23 @@ class Admission:
             keys += [self.pool.keys.q, self.pool.keys.qx]
         return keys
 
-    def _cancel(self, ids: list[str]) -> None:
-        """Take the tickets ``ids`` out of the Redis line (best effort; never raises)."""
-        with contextlib.suppress(RedisDown, BackendError):
-            self.store.run("cancel", self._cancel_keys(), [",".join(ids), *self.line.channels])
+    def _cancel(self, ids: list[str], *, again: bool = False) -> None:
+        """Take the tickets ``ids`` out of the Redis line (never raises).
+
+        While an outage is known, or when Redis does not answer, the cancel joins
+        the pending queue (sent again when Redis answers; ``again``: twice).
+        """
+        keys = self._cancel_keys()
+        args = [",".join(ids), *self.line.channels]
+        if self.store.in_outage or again:
+            self.leases.defer("cancel", keys, args, again=again)
+            return
+        try:
+            self.store.run("cancel", keys, args, SIDE_CALL)
+        except RedisDown:
+            self.leases.defer("cancel", keys, args)
+        except BackendError:
+            pass
 
     def _lead(
         self,
@@ -230,17 +376,35 @@ class Admission:
         *,
         wait: bool,
         cancel: threading.Event | None,
+        probing: bool = False,
     ) -> Permit | Refusal | None:
-        """The first waiter of this process: ask Redis until admitted (None: go local)."""
+        """The first waiter of this process: ask Redis until admitted (None: go local).
+
+        ``probing``: Redis was known down and this thread is the one to try it again.
+
+        Takes its units from the process's gate (given back unless admitted). While
+        this process holds its whole limit (no room in the gate), it only holds its
+        place in the Redis line (mode ``h``) and waits for one of its own releases.
+        """
         clock = self.clock
         line = self.line
         store = self.store
+        gate = store.gate
         keys = self._keys()
         queued_in_redis = w.ticketed
         in_call = False
         succ: Waiter | None = None
+        reserved = False
+        granted = False
         try:
-            if w.ticketed:
+            if store.degraded and not probing:  # Redis failed while this thread waited in line
+                if w.ticketed:
+                    self._cancel([w.id])
+                return None
+            reserved = gate.try_take(units)
+            if w.ticketed and not reserved:
+                reserved = self._gate_wait(w, units, start, deadline, self.slice, cancel)
+            if w.ticketed and reserved:
                 # Its predecessor took its place in line: no call until a wake-up names
                 # its ticket (one may have come already), or a slice passes.
                 with line.lock:
@@ -260,14 +424,30 @@ class Admission:
                     if cancel is not None and cancel.is_set():
                         raise self.timeout_error(start, "cancelled")
                     gen_any, gen_cfg = w.gen_any, w.gen_cfg
-                    succ = line.queue[1] if wait and len(line.queue) > 1 else None
-                args = self._args(w, units, tokens, wait, succ)
+                if wait and not reserved:
+                    reserved = gate.try_take(units)
+                mode = "t" if not wait else "w" if reserved else "h"
+                with line.lock:
+                    succ = line.queue[1] if mode == "w" and len(line.queue) > 1 else None
+                args = self._args(w, units, tokens, mode, succ)
                 t0 = clock.monotonic()
                 in_call = True
+                budget = self._call_timeout(deadline, wait)
                 try:
-                    reply = store.run("acquire", keys, args)
+                    reply = store.run("acquire", keys, args, budget)
                 except RedisDown as exc:
                     in_call = False
+                    # It may still reach Redis (a hang): its lease and tickets must go then.
+                    ids = [w.id] if succ is None else [w.id, succ.id]
+                    self.leases.send_release(
+                        f"{w.id}|{units}", f"{w.id}|{self.pool_units()}", again=True
+                    )
+                    self._cancel(ids, again=True)
+                    queued_in_redis = False
+                    short = budget is not None and budget < OUTAGE_AFTER
+                    if exc.timed_out and short and not store.in_outage:
+                        # The caller's time ran out (Redis may only be slow): no outage.
+                        raise self.timeout_error(start) from None
                     store.on_down(exc, "acquiring")
                     return None
                 in_call = False
@@ -279,8 +459,16 @@ class Admission:
                 store.absorb(reply[_CFG_AT : _CFG_AT + NCFG])
                 if self.pool is not None:
                     self.pool.absorb(reply[_CFG_AT + NCFG : _CFG_AT + 2 * NCFG])
+                if status == 1 and not reserved:
+                    # A try while this process seemed to hold its whole limit: the reply
+                    # brought the limits (another process may have raised them).
+                    reserved = gate.try_take(units)
+                    if not reserved:
+                        self.leases.send_release(f"{w.id}|{units}", f"{w.id}|{self.pool_units()}")
+                        return Refusal(None, float(text(reply[3])) / 1e6)
                 if status == 1:
                     permit = self.leases.grant(w.id, units, tokens, self.pool_units())
+                    granted = True
                     if succ is not None:
                         with line.lock:
                             if succ in line.queue:
@@ -314,6 +502,14 @@ class Admission:
                 sleep = min(t0 + wait_s - now, self.slice) if status == 0 else self.slice
                 if deadline is not None:
                     sleep = min(sleep, deadline - now)
+                if not reserved:  # room comes from a release here, or from higher limits
+                    reserved = self._gate_wait(w, units, start, deadline, sleep, cancel)
+                    if not reserved or status == -3:
+                        continue  # -3: first in line there and room: ask at once
+                    # Room here now: ask Redis when the line there reaches it, as any waiter.
+                    now2 = clock.monotonic()
+                    sleep -= now2 - now
+                    now = now2
                 with line.lock:
                     w.watch_cfg = status == 0
                     # A timer waits for limit changes only; a release wait for anything.
@@ -330,3 +526,6 @@ class Admission:
                     ids.append(succ.id)
                 self._cancel(ids)
             raise
+        finally:
+            if reserved and not granted:
+                gate.free(units)

@@ -65,6 +65,7 @@ class WaitLine:
         self.listening = threading.Event()  # set while subscribed
         self.release_listeners: tuple[Callable[[], None], ...] = ()  # add_listener()
         self.on_breaker: Callable[[str], None] | None = None  # "b" messages
+        self.on_cfg: Callable[[], None] | None = None  # after a "c" wake-up (outside the lock)
         self._listener: threading.Thread | None = None  # the listener thread, while it runs
         self._keep = False  # stay subscribed with nobody waiting (a shared breaker listens)
 
@@ -87,7 +88,14 @@ class WaitLine:
 
         ``target``: the ticket the message names (the head of the Redis line);
         only that waiter of this process counts it. ``None``: every waiter does.
+        A "c" also calls ``on_cfg`` (the process gate wakes its waiters).
         """
+        self._wake(kind, target)
+        fn = self.on_cfg
+        if kind == "c" and fn is not None:
+            fn()
+
+    def _wake(self, kind: str, target: str | None) -> None:
         with self.lock:
             for i, w in enumerate(self.queue):
                 if target is not None and w.id != target:

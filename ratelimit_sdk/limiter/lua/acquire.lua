@@ -3,13 +3,17 @@
 -- KEYS: cfg st leases q qx of the limiter [, the same five of its pool]
 -- ARGV: 1 id (ticket and lease id), 2 units, 3 tokens, 4 lease ttl (us),
 --       5 ticket ttl (us), 6 arrival estimate (server us; 0: now),
---       7 mode ('w': wait in line, 't': try, never queue), 8 successor id ('': none),
+--       7 mode ('w': wait in line, 't': try, never queue, 'h': hold a place in line
+--         but do not admit: this process already holds its whole limit),
+--       8 successor id ('': none),
 --       9 successor arrival (server us; 0: now), 10 spec, 11 origin, 12 channel,
 --       [13 pool units, 14 pool spec, 15 pool origin, 16 pool channel]
 -- Reply: {status, wait (us), server now (us), cooldown left (us), 3 breaker fields,
 --         7 limit fields, [7 pool limit fields]}
 --   status 1: admitted (lease held); 0: wait ``wait`` us then call again;
---   -1: wait for a wake-up (a release, or the line to move); -2: can never fit.
+--   -1: wait for a wake-up (a release, or the line to move); -2: can never fit;
+--   -3 (mode 'h' only): first in line and Redis has room: call again once the
+--   process has room.
 --
 -- FIFO: a waiter registers a ticket scored by its arrival; only the first ticket of
 -- a limiter may be admitted. A pool member whose own limits allow the request but
@@ -27,7 +31,8 @@ local tokens = tonumber(ARGV[3])
 local lease_ttl = tonumber(ARGV[4])
 local ticket_ttl = tonumber(ARGV[5])
 local arrival = tonumber(ARGV[6])
-local waiting = ARGV[7] == 'w'
+local waiting = ARGV[7] ~= 't'
+local hold = ARGV[7] == 'h'
 local succ = ARGV[8]
 local succ_arrival = tonumber(ARGV[9])
 
@@ -170,6 +175,14 @@ if P then
     end
     return reply(0, d_pool)
   end
+end
+
+if hold then
+  register()  -- first in line and room in Redis: it is admitted once its process has room
+  if P then
+    leave(P)
+  end
+  return reply(-3, 0)
 end
 
 take(M, id, units, tokens, now, lease_ttl)
