@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from ratelimit_sdk.errors import AcquireTimeout, RequestTooLargeError
+from ratelimit_sdk.errors import AcquireTimeout, ConfigError, RequestTooLargeError
 from ratelimit_sdk.limiter import Limiter, Permit
 from ratelimit_sdk.models import Availability
 
@@ -539,3 +539,41 @@ def test_snapshot_reports_limits_and_state(make: Make) -> None:
     assert 0.0 < snap.next_start_in <= 0.5
     p.release()
     assert "max_concurrent=2" in repr(lim)
+
+
+# -- bad arguments: a ConfigError (a ValueError) naming the argument, on every backend ----------
+
+BAD_CALLS: list[tuple[str, str, Callable[[Limiter], object]]] = [
+    ("cooldown(nan)", "seconds", lambda lim: lim.cooldown(float("nan"))),
+    ("cooldown(-1)", "seconds", lambda lim: lim.cooldown(-1.0)),
+    ("cooldown(True)", "seconds", lambda lim: lim.cooldown(True)),
+    ("cooldown('5')", "seconds", lambda lim: lim.cooldown("5")),  # type: ignore[arg-type]
+    ("acquire(units=0)", "units", lambda lim: lim.acquire(units=0)),
+    ("acquire(units=True)", "units", lambda lim: lim.acquire(units=True)),
+    ("acquire(units=1.5)", "units", lambda lim: lim.acquire(units=1.5)),  # type: ignore[arg-type]
+    ("acquire(tokens=-1)", "tokens", lambda lim: lim.acquire(tokens=-1)),
+    ("acquire(tokens=True)", "tokens", lambda lim: lim.acquire(tokens=True)),
+    ("acquire(timeout=-1)", "timeout", lambda lim: lim.acquire(timeout=-1)),
+    ("acquire(timeout=nan)", "timeout", lambda lim: lim.acquire(timeout=float("nan"))),
+    ("acquire(timeout=True)", "timeout", lambda lim: lim.acquire(timeout=True)),
+    ("try_acquire(units=0)", "units", lambda lim: lim.try_acquire(units=0)),
+    ("settle(tokens=-1)", "tokens", lambda lim: lim.acquire(tokens=1).settle(tokens=-1)),
+    ("settle(tokens=True)", "tokens", lambda lim: lim.acquire(tokens=1).settle(tokens=True)),
+    ("update(max_concurrent=True)", "max_concurrent", lambda lim: lim.update(max_concurrent=True)),
+]
+
+
+@pytest.mark.parametrize(("call", "field", "bad"), BAD_CALLS, ids=[c[0] for c in BAD_CALLS])
+def test_a_bad_argument_is_a_config_error_naming_it(
+    make: Make, call: str, field: str, bad: Callable[[Limiter], object]
+) -> None:
+    lim = make(max_concurrent=2, tokens_per_minute=1000)
+    with pytest.raises(ConfigError) as caught:
+        bad(lim)
+    assert caught.value.field == field, call
+    assert isinstance(caught.value, ValueError)
+    # nothing was taken or left behind by the refused call
+    gc.collect()
+    assert lim.in_flight == 0 and lim.queued == 0
+    with lim.acquire(timeout=SLOW, units=2):
+        pass

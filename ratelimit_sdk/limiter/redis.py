@@ -74,6 +74,7 @@ from typing import TYPE_CHECKING, Any
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigError
 from ..models import AVAILABLE_NOW, Availability, LimiterSnapshot
+from ._args import check_cooldown, check_timeout
 from .base import Limiter, Permit, check_limits, check_pool_units
 from .memory import MemoryLimiter
 from .redis_breaker import SharedBreakerCell
@@ -313,8 +314,7 @@ class RedisLimiter(Limiter):
 
     def cooldown(self, seconds: float) -> None:
         """Admit nobody, in any process, for ``seconds`` from now (extends, never shortens)."""
-        if not isinstance(seconds, (int, float)) or math.isnan(seconds):
-            raise ValueError(f"cooldown seconds must be a number, got {seconds!r}")
+        seconds = check_cooldown(seconds)
         if seconds <= 0:
             return
         store = self.store
@@ -387,8 +387,7 @@ class RedisLimiter(Limiter):
         Uncontended: one script call.
         """
         self.admission.check_request(units, tokens)
-        if timeout is not None and not timeout >= 0:  # also rejects NaN
-            raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+        timeout = check_timeout(timeout)
         got = self.admission.admit(units, tokens, timeout, wait=timeout != 0, cancel=cancel)
         if isinstance(got, Refusal):
             raise self.admission.timeout_error(self.clock.monotonic())

@@ -37,6 +37,7 @@ from typing import Any
 
 from ..clock import Clock
 from ..errors import AcquireTimeout, BackendError, RequestTooLargeError
+from ._args import check_tokens, check_units
 from .base import Permit
 from .memory import MemoryLimiter
 from .redis_gate import GateResult
@@ -104,11 +105,9 @@ class Admission:
         self._offset: float | None = None  # server seconds minus local monotonic seconds
 
     def check_request(self, units: int, tokens: int) -> None:
-        """Raise ValueError / RequestTooLargeError for a request that can never be admitted."""
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(f"units must be a whole number >= 1, got {units!r}")
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            raise ValueError(f"tokens must be a whole number >= 0, got {tokens!r}")
+        """Raise ConfigError / RequestTooLargeError for a request that can never be admitted."""
+        check_units(units)
+        check_tokens(tokens)
         mc = self.store.limits["max_concurrent"]
         if mc is not None and units > mc:
             raise RequestTooLargeError(
