@@ -159,16 +159,24 @@ class Permit:
     token estimate charged at admission once the real usage is known.
     A permit dropped without release (an abandoned stream, a lost reference) is
     released when it is garbage-collected.
+
+    Released exactly once: whichever path gets there first (``release()``, ``with``,
+    the garbage collector, or the limiter undoing an admission its caller never
+    saw) makes the one held -> released transition, a flag the owner tests and sets
+    under its lock; every later path finds it set and does nothing. A half-built
+    permit (an interrupt inside ``__init__``) counts as never held: its finalizer
+    does nothing. ``held=False`` builds a permit that is not counted yet; the owner
+    marks it held in the same step that counts it.
     """
 
     __slots__ = ("__weakref__", "_owner", "_released", "_settled", "tokens", "units")
 
-    def __init__(self, owner: Limiter, units: int, tokens: int) -> None:
+    def __init__(self, owner: Limiter, units: int, tokens: int, *, held: bool = True) -> None:
+        self._released = not held  # first: a permit cut short here is one never held
+        self._settled = False
         self._owner = owner
         self.units = units
         self.tokens = tokens
-        self._released = False
-        self._settled = False
 
     @property
     def released(self) -> bool:
@@ -184,7 +192,8 @@ class Permit:
         """Replace the token estimate charged at admission by the real count ``tokens``.
 
         Refunds the difference when the estimate was high, charges it when low.
-        May be called once, before or after release; later calls are ignored.
+        May be called once, before or after release; later calls are ignored (an
+        interrupted call counts as made: at most once, never twice).
         """
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, got {tokens!r}")
@@ -208,12 +217,16 @@ class Permit:
             self._owner._release(self)
 
     def __del__(self) -> None:
-        if not self._released:
+        # getattr: an interrupt inside __init__ leaves slots unset (then nothing is held).
+        if getattr(self, "_released", True):
+            return
+        owner = getattr(self, "_owner", None)
+        if owner is not None:
             with contextlib.suppress(Exception):  # interpreter shutdown
-                self._owner._release_from_gc(self)
+                owner._release_from_gc(self)
 
     def __repr__(self) -> str:
-        state = "released" if self._released else "held"
+        state = "released" if getattr(self, "_released", True) else "held"
         return f"<Permit units={self.units} tokens={self.tokens} {state}>"
 
 
