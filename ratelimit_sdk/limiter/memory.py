@@ -665,6 +665,17 @@ class MemoryLimiter(Limiter):
         counter and bucket back as it was and leaves the permit not held.
         """
         pool = self._pool
+        if pool is None and self._bucket is None and self._tbucket is None:
+            # Concurrency (and spacing) only: the common case, kept short.
+            in_flight, last_start = self._in_flight, self._last_start
+            try:
+                self._take(permit.units, permit.tokens, now)
+                permit._released = False
+            except BaseException:
+                permit._released = True
+                self._in_flight, self._last_start = in_flight, last_start
+                raise
+            return
         saved = self._save()
         pool_saved = None if pool is None else pool._save()
         try:
@@ -841,7 +852,17 @@ class MemoryLimiter(Limiter):
         try:
             if group.orphans:
                 _drain_orphans(group)
-            self._release_locked(permit)
+            if isinstance(permit, _PooledPermit):
+                self._release_locked(permit)
+            elif not permit._released:  # _release_locked, inlined for a lone permit
+                in_flight = self._in_flight - permit.units
+                try:
+                    permit._released = True
+                    self._in_flight = in_flight
+                except BaseException:
+                    permit._released = True
+                    self._in_flight = in_flight
+                    raise
             if group.queue:
                 _dispatch(group, self.clock.monotonic(), None)
         except BaseException:
