@@ -8,8 +8,9 @@ while blocking on the other).
 How waiting works (no polling, no barging):
 
 * The fast path (nobody waiting, every limit allows it) takes the lock once.
-* Otherwise the caller joins the queue with its own ``Condition`` on the group
-  lock. :func:`_dispatch` walks the queue in order and grants every waiter whose
+* Otherwise the caller joins the queue with its own condition on the group
+  lock (:class:`_Cond`: however its wait ends, the waiter holds the lock again).
+  :func:`_dispatch` walks the queue in order and grants every waiter whose
   limits allow it *and* that no earlier waiter of the same limiter (or of the
   same pool, when the pool is what stops that waiter) is still waiting for.
   A granted waiter is woken directly (hand-off), so a thread arriving later
@@ -19,6 +20,9 @@ How waiting works (no polling, no barging):
   help; everybody else sleeps until a dispatch wakes it.
 * Dispatch runs on release, update, cooldown, a waiter leaving, and when the
   first blocked waiter's own timer fires.
+
+Interrupt safety (KeyboardInterrupt, asynchronous exceptions at any bytecode):
+see the invariant in :class:`MemoryLimiter`'s docstring and ``docs/interrupts.md``.
 """
 
 from __future__ import annotations
