@@ -23,13 +23,14 @@ Two kinds of test:
 
 from __future__ import annotations
 
+import dis
 import gc
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 import pytest
@@ -44,6 +45,24 @@ from ratelimit_sdk.testing.clock import FakeClock
 
 LIMITER_FILES = frozenset({memory_module.__file__, base_module.__file__, bucket_module.__file__})
 
+_QUIET_NOPS: dict[CodeType, frozenset[int]] = {}
+
+
+def _quiet_nops(code: CodeType) -> frozenset[int]:
+    """Offsets of the NOPs in ``code`` not right after a call (ignoring POP_TOPs)."""
+    quiet = _QUIET_NOPS.get(code)
+    if quiet is None:
+        found: set[int] = set()
+        previous = "NOP"
+        for ins in dis.get_instructions(code):
+            if ins.opname == "NOP" and previous not in ("CALL", "CALL_FUNCTION_EX"):
+                found.add(ins.offset)
+            if ins.opname not in ("POP_TOP", "NOP"):
+                previous = ins.opname
+        quiet = _QUIET_NOPS[code] = frozenset(found)
+    return quiet
+
+
 #: Bounds each sweep: far more points than one scenario runs through.
 MAX_POINTS = 600
 
@@ -54,8 +73,14 @@ JOIN_TIMEOUT = 10.0
 class _Interrupt:
     """A tracer that raises KeyboardInterrupt at the n-th injection point.
 
-    Points: a line's first run in its frame, and each frame's return. Finalizers
-    (``__del__``) are not traced: an exception there is only reported, never raised.
+    Points: a line's first run in its frame, and each frame's return. A line
+    that starts with a ``NOP`` (a ``try:``) is a point only right after a call
+    (``lock.acquire()`` then ``try:``): CPython delivers an exception just after a
+    call returns, never at a NOP reached otherwise, and 3.11 leaves a ``try:``
+    inside a ``with`` outside the ``with``'s handler, so a tracer raising there
+    would skip ``__exit__`` (the same kind of artefact as python/cpython#74174).
+    Finalizers (``__del__``) are not traced: an exception there is only
+    reported, never raised.
     """
 
     def __init__(self, at: int) -> None:
@@ -76,6 +101,8 @@ class _Interrupt:
         if self.fired:
             return None
         if event == "line":
+            if frame.f_lasti in _quiet_nops(frame.f_code):
+                return self._local
             key: object = frame.f_lineno
         elif event == "return":
             key = "return"

@@ -165,14 +165,14 @@ class Permit:
     saw) makes the one held -> released transition, a flag the owner tests and sets
     under its lock; every later path finds it set and does nothing. A half-built
     permit (an interrupt inside ``__init__``) counts as never held: its finalizer
-    does nothing. ``held=False`` builds a permit that is not counted yet; the owner
-    marks it held in the same step that counts it.
+    does nothing. A backend may build its permits not yet held (``_released``
+    true) and mark them held in the same step that counts them.
     """
 
     __slots__ = ("__weakref__", "_owner", "_released", "_settled", "tokens", "units")
 
-    def __init__(self, owner: Limiter, units: int, tokens: int, *, held: bool = True) -> None:
-        self._released = not held  # first: a permit cut short here is one never held
+    def __init__(self, owner: Limiter, units: int, tokens: int) -> None:
+        self._released = False  # first: a permit cut short here has no owner to release
         self._settled = False
         self._owner = owner
         self.units = units
@@ -217,13 +217,14 @@ class Permit:
             self._owner._release(self)
 
     def __del__(self) -> None:
-        # getattr: an interrupt inside __init__ leaves slots unset (then nothing is held).
-        if getattr(self, "_released", True):
+        try:
+            if self._released:
+                return
+            owner = self._owner
+        except AttributeError:  # half-built (an interrupt inside __init__): never held
             return
-        owner = getattr(self, "_owner", None)
-        if owner is not None:
-            with contextlib.suppress(Exception):  # interpreter shutdown
-                owner._release_from_gc(self)
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            owner._release_from_gc(self)
 
     def __repr__(self) -> str:
         state = "released" if getattr(self, "_released", True) else "held"

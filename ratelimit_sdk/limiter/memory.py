@@ -574,21 +574,30 @@ class MemoryLimiter(Limiter):
         # Built before anything is counted, not yet held: _grant counts it and marks
         # it held in one step, so nothing counted is ever without its permit.
         permit = (
-            Permit(self, units, tokens, held=False)
+            _LocalPermit(self, units, tokens)
             if pool is None
             else _PooledPermit(self, units, tokens, self._pool_units)
         )
         group = self._group
         try:
             with group.lock:
-                if group.orphans:
-                    _drain_orphans(group)
                 if not group.queue and not self._closed:
                     now = self.clock.monotonic()
                     if self._delay(units, tokens, now) == 0.0 and (
                         pool is None or pool._delay(self._pool_units, tokens, now) == 0.0
                     ):
-                        self._grant(permit, now)
+                        if pool is None and self._bucket is None and self._tbucket is None:
+                            # _grant's short case, inlined: the hot path of every acquire.
+                            in_flight, last_start = self._in_flight, self._last_start
+                            try:
+                                self._take(units, tokens, now)
+                                permit._released = False
+                            except BaseException:
+                                permit._released = True
+                                self._in_flight, self._last_start = in_flight, last_start
+                                raise
+                        else:
+                            self._grant(permit, now)
                         return permit
                 return self._wait(permit, timeout, cancel)
         except BaseException:
@@ -842,37 +851,35 @@ class MemoryLimiter(Limiter):
         return True
 
     def _release(self, permit: Permit) -> None:
-        with self._group.lock:
-            self._give_back(permit)
-        for fn in self._listeners:
-            fn()
+        """Release ``permit`` and dispatch; an exception part-way still dispatches.
 
-    def _give_back(self, permit: Permit) -> None:
-        """Release ``permit`` and dispatch (lock held); an exception part-way still dispatches.
-
-        (:func:`_dispatch_after` inlined: this is the hot path of every release.)
+        (:func:`_dispatch_after` and, for a lone permit, :meth:`_release_locked`
+        inlined: this is the hot path of every release.)
         """
         group = self._group
-        try:
-            if group.orphans:
-                _drain_orphans(group)
-            if isinstance(permit, _PooledPermit):
-                self._release_locked(permit)
-            elif not permit._released:  # _release_locked, inlined for a lone permit
-                in_flight = self._in_flight - permit.units
-                try:
-                    permit._released = True
-                    self._in_flight = in_flight
-                except BaseException:
-                    permit._released = True
-                    self._in_flight = in_flight
-                    raise
-            if group.queue:
-                _dispatch(group, self.clock.monotonic(), None)
-        except BaseException:
-            if group.queue:
-                _dispatch(group, self.clock.monotonic(), None)
-            raise
+        with group.lock:
+            try:
+                if group.orphans:
+                    _drain_orphans(group)
+                if isinstance(permit, _PooledPermit):
+                    self._release_locked(permit)
+                elif not permit._released:
+                    in_flight = self._in_flight - permit.units
+                    try:
+                        permit._released = True
+                        self._in_flight = in_flight
+                    except BaseException:
+                        permit._released = True
+                        self._in_flight = in_flight
+                        raise
+                if group.queue:
+                    _dispatch(group, self.clock.monotonic(), None)
+            except BaseException:
+                if group.queue:
+                    _dispatch(group, self.clock.monotonic(), None)
+                raise
+        for fn in self._listeners:
+            fn()
 
     def _release_from_gc(self, permit: Permit) -> None:
         group = self._group
@@ -958,13 +965,27 @@ class MemoryLimiter(Limiter):
         )
 
 
-class _PooledPermit(Permit):
+class _LocalPermit(Permit):
+    """A permit of the in-memory limiter: built not yet held; ``_grant`` marks it held."""
+
+    __slots__ = ()
+
+    def __init__(self, owner: MemoryLimiter, units: int, tokens: int) -> None:
+        # Not Permit.__init__ with a keyword: this is the hot path of every acquire.
+        self._released = True  # first: a permit cut short here is one never held
+        self._settled = False
+        self._owner = owner
+        self.units = units
+        self.tokens = tokens
+
+
+class _PooledPermit(_LocalPermit):
     """A permit that also holds units of the member's pool."""
 
     __slots__ = ("pool_units",)
 
     def __init__(self, owner: MemoryLimiter, units: int, tokens: int, pool_units: int) -> None:
-        super().__init__(owner, units, tokens, held=False)  # held once _grant counts it
+        super().__init__(owner, units, tokens)
         self.pool_units = pool_units
 
 
