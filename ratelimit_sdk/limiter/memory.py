@@ -861,7 +861,7 @@ class MemoryLimiter(Limiter):
             try:
                 if group.orphans:
                     _drain_orphans(group)
-                if isinstance(permit, _PooledPermit):
+                if self._pool is not None:  # (only a pool member has pooled permits)
                     self._release_locked(permit)
                 elif not permit._released:
                     in_flight = self._in_flight - permit.units
