@@ -689,7 +689,13 @@ class MemoryLimiter(Limiter):
                 self._in_flight, self._last_start = in_flight, last_start
                 raise
             return
-        saved = self._save()
+        b, t = self._bucket, self._tbucket  # _save(), inlined
+        saved: _Saved = (
+            self._in_flight,
+            self._last_start,
+            None if b is None else (b.level, b.stamp),
+            None if t is None else (t.level, t.stamp),
+        )
         pool_saved = None if pool is None else pool._save()
         try:
             self._take(permit.units, permit.tokens, now)
