@@ -159,16 +159,24 @@ class Permit:
     token estimate charged at admission once the real usage is known.
     A permit dropped without release (an abandoned stream, a lost reference) is
     released when it is garbage-collected.
+
+    Released exactly once: whichever path gets there first (``release()``, ``with``,
+    the garbage collector, or the limiter undoing an admission its caller never
+    saw) makes the one held -> released transition, a flag the owner tests and sets
+    under its lock; every later path finds it set and does nothing. A half-built
+    permit (an interrupt inside ``__init__``) counts as never held: its finalizer
+    does nothing. A backend may build its permits not yet held (``_released``
+    true) and mark them held in the same step that counts them.
     """
 
     __slots__ = ("__weakref__", "_owner", "_released", "_settled", "tokens", "units")
 
     def __init__(self, owner: Limiter, units: int, tokens: int) -> None:
+        self._released = False  # first: a permit cut short here has no owner to release
+        self._settled = False
         self._owner = owner
         self.units = units
         self.tokens = tokens
-        self._released = False
-        self._settled = False
 
     @property
     def released(self) -> bool:
@@ -184,7 +192,8 @@ class Permit:
         """Replace the token estimate charged at admission by the real count ``tokens``.
 
         Refunds the difference when the estimate was high, charges it when low.
-        May be called once, before or after release; later calls are ignored.
+        May be called once, before or after release; later calls are ignored (an
+        interrupted call counts as made: at most once, never twice).
         """
         if tokens < 0:
             raise ValueError(f"tokens must be >= 0, got {tokens!r}")
@@ -208,12 +217,17 @@ class Permit:
             self._owner._release(self)
 
     def __del__(self) -> None:
-        if not self._released:
-            with contextlib.suppress(Exception):  # interpreter shutdown
-                self._owner._release_from_gc(self)
+        try:
+            if self._released:
+                return
+            owner = self._owner
+        except AttributeError:  # half-built (an interrupt inside __init__): never held
+            return
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            owner._release_from_gc(self)
 
     def __repr__(self) -> str:
-        state = "released" if self._released else "held"
+        state = "released" if getattr(self, "_released", True) else "held"
         return f"<Permit units={self.units} tokens={self.tokens} {state}>"
 
 

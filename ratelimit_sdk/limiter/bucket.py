@@ -42,11 +42,21 @@ class TokenBucket:
         self.margin = margin
 
     def refill(self, now: float) -> None:
-        """Add what accrued since the last refill, up to ``capacity``."""
+        """Add what accrued since the last refill, up to ``capacity``.
+
+        Level and stamp move together: an exception between the two stores (an
+        interrupt) makes both again, so the same interval is never credited twice.
+        """
         elapsed = now - self.stamp
         if elapsed > 0:
-            self.level = min(self.capacity, self.level + elapsed * self.rate)
-            self.stamp = now
+            level = min(self.capacity, self.level + elapsed * self.rate)
+            try:
+                self.level = level
+                self.stamp = now
+            except BaseException:
+                self.level = level
+                self.stamp = now
+                raise
 
     def delay(self, amount: float, now: float) -> float:
         """Seconds from ``now`` until ``amount`` tokens are there (0.0: now)."""
@@ -85,6 +95,12 @@ class TokenBucket:
         self.rate = rate
         self.capacity = capacity
         self.level = min(self.level, capacity)
+
+    def copy(self) -> TokenBucket:
+        """A bucket in the same state (to reconfigure without touching this one)."""
+        new = TokenBucket(self.rate, self.capacity, self.stamp, margin=self.margin)
+        new.level = self.level
+        return new
 
     def available(self, now: float) -> float:
         """Tokens in the bucket at ``now`` (without changing state)."""

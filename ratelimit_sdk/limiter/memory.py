@@ -8,8 +8,9 @@ while blocking on the other).
 How waiting works (no polling, no barging):
 
 * The fast path (nobody waiting, every limit allows it) takes the lock once.
-* Otherwise the caller joins the queue with its own ``Condition`` on the group
-  lock. :func:`_dispatch` walks the queue in order and grants every waiter whose
+* Otherwise the caller joins the queue with its own condition on the group
+  lock (:class:`_Cond`: however its wait ends, the waiter holds the lock again).
+  :func:`_dispatch` walks the queue in order and grants every waiter whose
   limits allow it *and* that no earlier waiter of the same limiter (or of the
   same pool, when the pool is what stops that waiter) is still waiting for.
   A granted waiter is woken directly (hand-off), so a thread arriving later
@@ -19,6 +20,9 @@ How waiting works (no polling, no barging):
   help; everybody else sleeps until a dispatch wakes it.
 * Dispatch runs on release, update, cooldown, a waiter leaving, and when the
   first blocked waiter's own timer fires.
+
+Interrupt safety (KeyboardInterrupt, asynchronous exceptions at any bytecode):
+see the invariant in :class:`MemoryLimiter`'s docstring and ``docs/interrupts.md``.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import math
 import threading
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import AcquireTimeout, ConfigError, RequestTooLargeError
@@ -37,42 +41,84 @@ from .bucket import TokenBucket
 
 __all__ = ["MemoryLimiter"]
 
+_T = TypeVar("_T")
 _INF = math.inf
 #: Wake-up times closer than this count as unchanged (no needless notify).
 _WAKE_SLACK = 1e-6
 
 
 class _Group:
-    """The lock and FIFO queue shared by a pool and its members (or one limiter alone)."""
+    """The lock and FIFO queue shared by a pool and its members (or one limiter alone).
+
+    The lock is an ``RLock`` for what its C methods offer, never for re-entry (no
+    code path takes it twice): ``_is_owned()`` tells a waiter whether an interrupt
+    left it holding the lock, and ``_acquire_restore`` takes it back without being
+    interruptible by a signal.
+    """
 
     __slots__ = ("lock", "orphans", "queue", "size")
 
     def __init__(self) -> None:
-        self.lock = threading.Lock()
+        self.lock = threading.RLock()
         self.queue: deque[_Waiter] = deque()
         self.orphans: deque[Permit] = deque()
         self.size = 1
 
 
+class _Cond(threading.Condition):
+    """The condition one waiting thread sleeps on; its ``wait`` is safe against interrupts.
+
+    ``threading.Condition.wait`` can let an exception out with the lock released
+    (one landing just after it releases the lock, before its ``try``), and its
+    caller's cleanup would then run unlocked. Here, however ``wait`` ends (normally
+    or by an exception raised anywhere in it), the calling thread holds the lock
+    again. ``notify`` opens a gate the waiter sleeps on; a notify before the wait
+    is kept (the wait then returns at once).
+    """
+
+    def __init__(self, lock: Any) -> None:
+        super().__init__(lock)
+        self._group_lock = lock
+        self._gate = threading.Lock()
+        self._gate.acquire()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Release the lock, sleep until notified or ``timeout``, take the lock back."""
+        lock = self._group_lock
+        state: Any = (1, threading.get_ident())  # what _release_save returns (held once)
+        try:
+            state = lock._release_save()
+            got = self._gate.acquire(True, -1 if timeout is None else timeout)
+            lock._acquire_restore(state)
+        except BaseException:
+            if not lock._is_owned():
+                lock._acquire_restore(state)
+            raise
+        return got
+
+    def notify(self, n: int = 1) -> None:
+        """Wake the waiter (called with the lock held)."""
+        gate = self._gate
+        if gate.locked():
+            gate.release()
+
+    def notify_all(self) -> None:
+        """Wake the waiter (there is only one)."""
+        self.notify()
+
+
 class _Waiter:
-    """One thread waiting for admission."""
+    """One thread waiting for admission, with the (not yet held) permit it will get."""
 
-    __slots__ = ("cond", "granted", "limiter", "pool_units", "tokens", "units", "wake_at")
+    __slots__ = ("cond", "limiter", "permit", "pool_units", "tokens", "units", "wake_at")
 
-    def __init__(
-        self,
-        limiter: MemoryLimiter,
-        units: int,
-        tokens: int,
-        pool_units: int,
-        cond: threading.Condition,
-    ) -> None:
+    def __init__(self, limiter: MemoryLimiter, permit: Permit, cond: _Cond) -> None:
         self.limiter = limiter
-        self.units = units
-        self.tokens = tokens
-        self.pool_units = pool_units
+        self.permit = permit
+        self.units = permit.units
+        self.tokens = permit.tokens
+        self.pool_units = permit.pool_units if isinstance(permit, _PooledPermit) else 0
         self.cond = cond
-        self.granted = False
         self.wake_at: float | None = None
 
 
@@ -80,15 +126,50 @@ def _dispatch(group: _Group, now: float, me: _Waiter | None) -> None:
     """Grant, in queue order, every waiter that may go now; arm the first blocked ones.
 
     Called with ``group.lock`` held. ``me`` is the calling thread's own waiter
-    (it needs no notify).
+    (it needs no notify). An exception part-way (an interrupt) walks the queue once
+    more before it propagates: every grant is whole (see ``_grant``), and a granted
+    waiter still in line is woken and taken out of it, so nobody is left waiting
+    for a wake-up that was cut short.
     """
-    queue = group.queue
-    if not queue:
+    if not group.queue:
         return
+    try:
+        _walk(group, now, me)
+    except BaseException:
+        _walk(group, now, me)
+        raise
+
+
+def _dispatch_after(group: _Group, clock: Clock, change: Callable[[], _T]) -> _T:
+    """Run ``change()`` then dispatch (lock held); an exception anywhere dispatches anyway.
+
+    A change that frees room (a release, a raised limit) must reach the waiters
+    even if an interrupt cuts it, or the dispatch, short: else a waiter could
+    sleep past the moment it may go, until its timeout.
+    """
+    try:
+        result = change()
+        if group.queue:
+            _dispatch(group, clock.monotonic(), None)
+    except BaseException:
+        if group.queue:
+            _dispatch(group, clock.monotonic(), None)
+        raise
+    return result
+
+
+def _walk(group: _Group, now: float, me: _Waiter | None) -> None:
+    queue = group.queue
     blocked: set[MemoryLimiter] = set()
     i = 0
     while i < len(queue):
         w = queue[i]
+        if not w.permit._released:
+            # Granted by a walk an interrupt cut short: finish the hand-off.
+            if w is not me:
+                w.cond.notify()
+            del queue[i]
+            continue
         lim = w.limiter
         pool = lim._pool
         if lim in blocked or (pool is not None and pool in blocked):
@@ -99,14 +180,10 @@ def _dispatch(group: _Group, now: float, me: _Waiter | None) -> None:
         d_own = lim._delay(w.units, w.tokens, now)
         d_pool = 0.0 if pool is None else pool._delay(w.pool_units, w.tokens, now)
         if d_own == 0.0 and d_pool == 0.0:
-            lim._take(w.units, w.tokens, now)
-            if pool is not None:
-                pool._take(w.pool_units, w.tokens, now)
-            w.granted = True
-            lim._queued -= 1
-            del queue[i]
+            lim._grant(w.permit, now)
             if w is not me:
                 w.cond.notify()
+            del queue[i]
             continue
         blocked.add(lim)
         if d_pool > 0.0 and pool is not None:
@@ -122,10 +199,71 @@ def _dispatch(group: _Group, now: float, me: _Waiter | None) -> None:
         i += 1
 
 
+def _notify_each(group: _Group, closed_only: bool) -> None:
+    """Wake every waiter (of a closed limiter only, with ``closed_only``); lock held.
+
+    An exception part-way wakes them all once more before it propagates.
+    """
+    try:
+        for w in group.queue:
+            if not closed_only or w.limiter._is_closed():
+                w.cond.notify()
+    except BaseException:
+        for w in group.queue:
+            if not closed_only or w.limiter._is_closed():
+                w.cond.notify()
+        raise
+
+
 def _same_time(a: float | None, b: float | None) -> bool:
     if a is None or b is None:
         return a is b
     return abs(a - b) <= _WAKE_SLACK
+
+
+def _rebuilt(
+    old: TokenBucket | None, rate: float | None, capacity: float, now: float, margin: float
+) -> TokenBucket | None:
+    """The bucket for ``rate`` (``None``: no limit), carrying over what ``old`` holds.
+
+    ``old`` is left as it is (a copy is reconfigured), so a caller may still put
+    it back.
+    """
+    if rate is None:
+        return None
+    if old is None:
+        return TokenBucket(rate, capacity, now, margin=margin)
+    new = old.copy()
+    new.reconfigure(rate, capacity, now)
+    new.margin = margin
+    return new
+
+
+def _set_levels(levels: list[tuple[TokenBucket, float]]) -> None:
+    """Store each bucket's new level; an exception part-way stores them all (again)."""
+    try:
+        for bucket, level in levels:
+            bucket.level = level
+    except BaseException:
+        for bucket, level in levels:
+            bucket.level = level
+        raise
+
+
+#: The limits ``update`` stores together: max, rpm, burst, interval, tpm, margin, buckets.
+_Limits = tuple[
+    int | None,
+    float | None,
+    int | None,
+    float,
+    float | None,
+    float,
+    TokenBucket | None,
+    TokenBucket | None,
+]
+
+#: What ``_grant`` saves to put back: in flight, last start, (level, stamp) x 2.
+_Saved = tuple[int, float, tuple[float, float] | None, tuple[float, float] | None]
 
 
 class MemoryLimiter(Limiter):
@@ -144,6 +282,33 @@ class MemoryLimiter(Limiter):
     ``MemoryLimiter``): each request then also holds ``pool_units`` of the pool's
     concurrency (and counts against the pool's rate and token budget), admitted in
     the same decision as this limiter's own limits.
+
+    Invariant (interrupt safety): no exception raised at any bytecode boundary of
+    this limiter's code (KeyboardInterrupt, SystemExit, an asynchronous exception
+    from ``PyThreadState_SetAsyncExc``) leaves its state inconsistent:
+
+    * the lock is only ever taken by a ``with`` block (its enter and exit are C
+      calls with nothing in between that an interrupt can land on), and a waiter
+      holds it again however its wait ends (``_Cond.wait``);
+    * counting a request (units, rate and token charge, of the limiter and its
+      pool) and marking its permit held are one step, ``_grant``: all of it or, on
+      any exception, none of it. The permit is built *before*, not yet held, so
+      nothing counted ever lacks a permit;
+    * a permit goes from held to released exactly once, whichever path gets there
+      first (``release()``, ``with``, the garbage collector, or the undoing of an
+      admission whose caller never saw it): a flag tested and set under the lock,
+      together with the counters (an exception part-way finishes the release);
+    * an admission whose caller never got the permit (an interrupt after the grant
+      and before ``acquire`` returned, in the fast path or a woken waiter) is undone
+      whole: units back, rate and token charge refunded, once;
+    * ``update`` applies all of the new limits or none of them; a cut-short queue
+      walk (``_dispatch``) is walked again, so no granted waiter stays unwoken.
+
+    What stays out of reach: an exception that lands while handling another one
+    (a second interrupt inside the cleanup of the first), and one that lands in
+    the caller's code after ``acquire`` returned or inside ``Permit.__enter__`` /
+    ``__exit__`` before the release: that permit is then released by the garbage
+    collector once the caller's frame is gone.
     """
 
     def __init__(
@@ -184,7 +349,6 @@ class MemoryLimiter(Limiter):
         self._tbucket: TokenBucket | None = None
         self._cool_until = -_INF
         self._in_flight = 0
-        self._queued = 0
         self._closed = False
         self._listeners: tuple[Callable[[], None], ...] = ()
         self._margin = float(margin)
@@ -223,46 +387,88 @@ class MemoryLimiter(Limiter):
         self._pool_units = check_pool_units(value, None if pool is None else pool._max)
 
     def _build_buckets(self, now: float) -> None:
-        if self._rpm is None:
-            self._bucket = None
-        else:
-            rate = self._rpm / 60.0
-            capacity = float(self._burst or 1)
-            if self._bucket is None:
-                self._bucket = TokenBucket(rate, capacity, now, margin=self._margin)
-            else:
-                self._bucket.reconfigure(rate, capacity, now)
-                self._bucket.margin = self._margin
-        if self._tpm is None:
-            self._tbucket = None
-        elif self._tbucket is None:
-            self._tbucket = TokenBucket(self._tpm / 60.0, self._tpm, now, margin=self._margin)
-        else:
-            self._tbucket.reconfigure(self._tpm / 60.0, self._tpm, now)
-            self._tbucket.margin = self._margin
+        self._bucket, self._tbucket = self._buckets_for(
+            self._rpm, self._burst, self._tpm, self._margin, now
+        )
+
+    def _buckets_for(
+        self,
+        rpm: float | None,
+        burst: int | None,
+        tpm: float | None,
+        margin: float,
+        now: float,
+    ) -> tuple[TokenBucket | None, TokenBucket | None]:
+        """The request and token buckets for these limits (the current ones untouched)."""
+        bucket = _rebuilt(
+            self._bucket, None if rpm is None else rpm / 60.0, float(burst or 1), now, margin
+        )
+        tbucket = _rebuilt(
+            self._tbucket, None if tpm is None else tpm / 60.0, float(tpm or 1), now, margin
+        )
+        return bucket, tbucket
 
     def update(self, **limits: Any) -> None:
-        """Change limits while running; see :meth:`Limiter.update`."""
+        """Change limits while running; see :meth:`Limiter.update`.
+
+        All of the new limits or none: they are worked out first, then stored
+        together (an exception part-way puts the old ones back).
+        """
         check_limits(limits)
         group = self._group
         with group.lock:
             now = self.clock.monotonic()
-            if "max_concurrent" in limits:
-                value = limits["max_concurrent"]
-                self._max = None if value is None else int(value)
-            if "requests_per_minute" in limits:
-                self._rpm = limits["requests_per_minute"]
-            if "burst" in limits:
-                value = limits["burst"]
-                self._burst = None if value is None else int(value)
-            if "min_interval" in limits:
-                self._interval = float(limits["min_interval"])
-            if "tokens_per_minute" in limits:
-                self._tpm = limits["tokens_per_minute"]
-            if "margin" in limits:
-                self._margin = float(limits["margin"])
-            self._build_buckets(now)
-            _dispatch(group, now, None)
+            new = self.limits()
+            new.update(limits)
+            mx = None if new["max_concurrent"] is None else int(new["max_concurrent"])
+            burst = None if new["burst"] is None else int(new["burst"])
+            interval = float(new["min_interval"])
+            margin = float(new["margin"])
+            rpm, tpm = new["requests_per_minute"], new["tokens_per_minute"]
+            bucket, tbucket = self._buckets_for(rpm, burst, tpm, margin, now)
+            new_limits: _Limits = (mx, rpm, burst, interval, tpm, margin, bucket, tbucket)
+            _dispatch_after(group, self.clock, lambda: self._set_limits(new_limits))
+
+    def _set_limits(self, new: _Limits) -> None:
+        """Store every limit of ``new`` (lock held); an exception part-way restores the old.
+
+        (A ``try`` of its own, not one inside the caller's ``with``: CPython 3.11
+        leaves a ``try:`` line's NOP outside the enclosing ``with``'s handler, where
+        a tracer, though no real interrupt, can raise.)
+        """
+        old: _Limits = (
+            self._max,
+            self._rpm,
+            self._burst,
+            self._interval,
+            self._tpm,
+            self._margin,
+            self._bucket,
+            self._tbucket,
+        )
+        try:
+            (
+                self._max,
+                self._rpm,
+                self._burst,
+                self._interval,
+                self._tpm,
+                self._margin,
+                self._bucket,
+                self._tbucket,
+            ) = new
+        except BaseException:
+            (
+                self._max,
+                self._rpm,
+                self._burst,
+                self._interval,
+                self._tpm,
+                self._margin,
+                self._bucket,
+                self._tbucket,
+            ) = old
+            raise
 
     def cooldown(self, seconds: float) -> None:
         """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""
@@ -286,16 +492,13 @@ class MemoryLimiter(Limiter):
         group = self._group
         with group.lock:
             self._closed = True
-            for w in group.queue:
-                if w.limiter._is_closed():
-                    w.cond.notify()
+            _notify_each(group, closed_only=True)
 
     def wake_all(self) -> None:
         """Wake every thread waiting here so it re-checks its deadline and cancel flag."""
         group = self._group
         with group.lock:
-            for w in group.queue:
-                w.cond.notify()
+            _notify_each(group, closed_only=False)
 
     def _is_closed(self) -> bool:
         return self._closed or (self._pool is not None and self._pool._closed)
@@ -367,24 +570,40 @@ class MemoryLimiter(Limiter):
             self._check_request(units, tokens)
         if timeout is not None and not timeout >= 0:  # also rejects NaN
             raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+        pool = self._pool
+        # Built before anything is counted, not yet held: _grant counts it and marks
+        # it held in one step, so nothing counted is ever without its permit.
+        permit = (
+            _LocalPermit(self, units, tokens)
+            if pool is None
+            else _PooledPermit(self, units, tokens, self._pool_units)
+        )
         group = self._group
-        lock = group.lock
-        lock.acquire()
         try:
-            if not group.queue and not self._closed:
-                now = self.clock.monotonic()
-                pool = self._pool
-                if self._delay(units, tokens, now) == 0.0 and (
-                    pool is None or pool._delay(self._pool_units, tokens, now) == 0.0
-                ):
-                    self._take(units, tokens, now)
-                    if pool is not None:
-                        pool._take(self._pool_units, tokens, now)
-                        return _PooledPermit(self, units, tokens, self._pool_units)
-                    return Permit(self, units, tokens)
-            return self._wait(units, tokens, timeout, cancel)
-        finally:
-            lock.release()
+            with group.lock:
+                if not group.queue and not self._closed:
+                    now = self.clock.monotonic()
+                    if self._delay(units, tokens, now) == 0.0 and (
+                        pool is None or pool._delay(self._pool_units, tokens, now) == 0.0
+                    ):
+                        if pool is None and self._bucket is None and self._tbucket is None:
+                            # _grant's short case, inlined: the hot path of every acquire.
+                            in_flight, last_start = self._in_flight, self._last_start
+                            try:
+                                self._take(units, tokens, now)
+                                permit._released = False
+                            except BaseException:
+                                permit._released = True
+                                self._in_flight, self._last_start = in_flight, last_start
+                                raise
+                        else:
+                            self._grant(permit, now)
+                        return permit
+                return self._wait(permit, timeout, cancel)
+        except BaseException:
+            if not permit._released:  # granted, but the caller will never see it
+                self._abandon(permit)
+            raise
 
     def try_acquire(self, *, units: int = 1, tokens: int = 0) -> Permit | None:
         """Admit now if every limit allows it and nobody waits ahead; else ``None``.
@@ -452,30 +671,92 @@ class MemoryLimiter(Limiter):
                 pool is None or pool._delay(self._pool_units, tokens, now) == 0.0
             )
 
+    def _grant(self, permit: Permit, now: float) -> None:
+        """Count ``permit`` here (and in the pool) and mark it held: one step. Lock held.
+
+        All or nothing: an exception anywhere in here (an interrupt) puts every
+        counter and bucket back as it was and leaves the permit not held.
+        """
+        pool = self._pool
+        if pool is None and self._bucket is None and self._tbucket is None:
+            # Concurrency (and spacing) only: the common case, kept short.
+            in_flight, last_start = self._in_flight, self._last_start
+            try:
+                self._take(permit.units, permit.tokens, now)
+                permit._released = False
+            except BaseException:
+                permit._released = True
+                self._in_flight, self._last_start = in_flight, last_start
+                raise
+            return
+        b, t = self._bucket, self._tbucket  # _save(), inlined
+        saved: _Saved = (
+            self._in_flight,
+            self._last_start,
+            None if b is None else (b.level, b.stamp),
+            None if t is None else (t.level, t.stamp),
+        )
+        pool_saved = None if pool is None else pool._save()
+        try:
+            self._take(permit.units, permit.tokens, now)
+            if pool is not None and isinstance(permit, _PooledPermit):
+                pool._take(permit.pool_units, permit.tokens, now)
+            permit._released = False
+        except BaseException:
+            permit._released = True
+            self._restore(saved)
+            if pool is not None and pool_saved is not None:
+                pool._restore(pool_saved)
+            raise
+
+    def _save(self) -> _Saved:
+        """What ``_take`` changes, to put it back."""
+        b, t = self._bucket, self._tbucket
+        return (
+            self._in_flight,
+            self._last_start,
+            None if b is None else (b.level, b.stamp),
+            None if t is None else (t.level, t.stamp),
+        )
+
+    def _restore(self, saved: _Saved) -> None:
+        in_flight, last_start, b, t = saved
+        self._in_flight = in_flight
+        self._last_start = last_start
+        if b is not None and self._bucket is not None:
+            self._bucket.level, self._bucket.stamp = b
+        if t is not None and self._tbucket is not None:
+            self._tbucket.level, self._tbucket.stamp = t
+
     def _wait(
-        self, units: int, tokens: int, timeout: float | None, cancel: threading.Event | None
+        self, permit: Permit, timeout: float | None, cancel: threading.Event | None
     ) -> Permit:
-        """The slow path: queue up and sleep until dispatched. Called with the lock held."""
+        """The slow path: queue up and sleep until dispatched.
+
+        Called with the lock held; returns or raises with it held. Whatever the
+        exit, the waiter is out of the queue; a permit granted to it is returned,
+        or (on an exception) left held for :meth:`acquire` to give back.
+        """
         group = self._group
+        queue = group.queue
         clock = self.clock
         now = start = clock.monotonic()
         deadline = None if timeout is None else now + timeout
-        waiter = _Waiter(self, units, tokens, self._pool_units, threading.Condition(group.lock))
-        group.queue.append(waiter)
-        self._queued += 1
+        waiter = _Waiter(self, permit, _Cond(group.lock))
         try:
+            queue.append(waiter)
             while True:
                 if group.orphans:
                     _drain_orphans(group)
+                if not permit._released:
+                    return permit  # granted by a dispatch while we slept
                 if self._is_closed():
                     raise AcquireTimeout("limiter is closed", waited=now - start, key=self.key)
                 if cancel is not None and cancel.is_set():
                     raise AcquireTimeout("cancelled", waited=now - start, key=self.key)
                 _dispatch(group, now, waiter)
-                if waiter.granted:
-                    if waiter.limiter._pool is not None:
-                        return _PooledPermit(self, units, tokens, waiter.pool_units)
-                    return Permit(self, units, tokens)
+                if not waiter.permit._released:  # (the same permit: granted just now)
+                    return permit
                 wake_at = waiter.wake_at
                 if deadline is not None:
                     if now >= deadline:
@@ -491,77 +772,142 @@ class MemoryLimiter(Limiter):
                 clock.wait(waiter.cond, None if wake_at is None else max(0.0, wake_at - now))
                 now = clock.monotonic()
         except BaseException:
-            if waiter.granted:
-                # Admitted, but the caller will never see the permit: give it all back.
-                self._undo(waiter)
-            else:
-                try:
-                    group.queue.remove(waiter)
-                    self._queued -= 1
-                except ValueError:  # pragma: no cover - defensive
-                    pass
+            if waiter in queue:  # not if granted (dispatch took it out) or never in
+                queue.remove(waiter)
             _dispatch(group, clock.monotonic(), None)
             raise
 
-    def _undo(self, waiter: _Waiter) -> None:
-        self._in_flight -= waiter.units
-        if self._bucket is not None:
-            self._bucket.give(1.0)
-        if self._tbucket is not None and waiter.tokens:
-            self._tbucket.give(waiter.tokens)
-        pool = self._pool
-        if pool is not None:
-            pool._in_flight -= waiter.pool_units
-            if pool._bucket is not None:
-                pool._bucket.give(1.0)
-            if pool._tbucket is not None and waiter.tokens:
-                pool._tbucket.give(waiter.tokens)
+    def _abandon(self, permit: Permit) -> None:
+        """Undo an admission whose caller never got the permit (an interrupt in between)."""
+        group = self._group
+        with group.lock:
+            undone = _dispatch_after(group, self.clock, lambda: self._ungrant(permit))
+        if undone:
+            for fn in self._listeners:
+                fn()
+
+    def _ungrant(self, permit: Permit) -> bool:
+        """Release ``permit`` and refund its rate and token charge, once (lock held).
+
+        Returns whether this call did it. Every new value is worked out first and
+        stored with the released flag; an exception part-way stores them all again.
+        """
+        if permit._released:
+            return False
+        pool = self._pool if isinstance(permit, _PooledPermit) else None
+        counts: list[tuple[MemoryLimiter, int]] = [(self, self._in_flight - permit.units)]
+        levels: list[tuple[TokenBucket, float]] = []
+        for lim in (self, pool):
+            if lim is None:
+                continue
+            if lim is pool and isinstance(permit, _PooledPermit):
+                counts.append((lim, lim._in_flight - permit.pool_units))
+            b = lim._bucket
+            if b is not None:
+                levels.append((b, min(b.capacity, b.level + 1.0)))
+            t = lim._tbucket
+            if t is not None and permit.tokens:
+                levels.append((t, min(t.capacity, t.level + permit.tokens)))
+
+        def store() -> None:
+            permit._released = True
+            for lim, in_flight in counts:
+                lim._in_flight = in_flight
+            for bucket, level in levels:
+                bucket.level = level
+
+        try:
+            store()
+        except BaseException:
+            store()
+            raise
+        return True
 
     # -- release -------------------------------------------------------------------------
 
-    def _release_locked(self, permit: Permit) -> None:
+    def _release_locked(self, permit: Permit) -> bool:
+        """Mark ``permit`` released and give its units back, once (lock held).
+
+        Returns whether this call did it. The flag and the counters move together:
+        an exception part-way finishes the release.
+        """
         if permit._released:
-            return
-        permit._released = True
-        self._in_flight -= permit.units
-        if isinstance(permit, _PooledPermit) and self._pool is not None:
-            self._pool._in_flight -= permit.pool_units
+            return False
+        in_flight = self._in_flight - permit.units
+        pool = self._pool
+        if pool is not None and isinstance(permit, _PooledPermit):
+            pool_in_flight = pool._in_flight - permit.pool_units
+            try:
+                permit._released = True
+                self._in_flight = in_flight
+                pool._in_flight = pool_in_flight
+            except BaseException:
+                permit._released = True
+                self._in_flight = in_flight
+                pool._in_flight = pool_in_flight
+                raise
+            return True
+        try:
+            permit._released = True
+            self._in_flight = in_flight
+        except BaseException:
+            permit._released = True
+            self._in_flight = in_flight
+            raise
+        return True
 
     def _release(self, permit: Permit) -> None:
+        """Release ``permit`` and dispatch; an exception part-way still dispatches.
+
+        (:func:`_dispatch_after` and, for a lone permit, :meth:`_release_locked`
+        inlined: this is the hot path of every release.)
+        """
         group = self._group
         with group.lock:
-            self._release_locked(permit)
-            if group.orphans:
-                _drain_orphans(group)
-            if group.queue:
-                _dispatch(group, self.clock.monotonic(), None)
+            try:
+                if group.orphans:
+                    _drain_orphans(group)
+                if self._pool is not None:  # (only a pool member has pooled permits)
+                    self._release_locked(permit)
+                elif not permit._released:
+                    in_flight = self._in_flight - permit.units
+                    try:
+                        permit._released = True
+                        self._in_flight = in_flight
+                    except BaseException:
+                        permit._released = True
+                        self._in_flight = in_flight
+                        raise
+                if group.queue:
+                    _dispatch(group, self.clock.monotonic(), None)
+            except BaseException:
+                if group.queue:
+                    _dispatch(group, self.clock.monotonic(), None)
+                raise
         for fn in self._listeners:
             fn()
 
     def _release_from_gc(self, permit: Permit) -> None:
         group = self._group
-        # Never block in a finalizer: the collector may run while this very thread
-        # holds the lock. Hand the permit to the next lock holder instead.
-        if group.lock.acquire(blocking=False):
-            try:
-                self._release_locked(permit)
-                if group.queue:
-                    _dispatch(group, self.clock.monotonic(), None)
-            finally:
-                group.lock.release()
-        else:
-            group.orphans.append(permit)
+        # Parked first (one C call): whatever happens next, the next lock holder
+        # releases it. Never wait for the lock if this thread holds it already (the
+        # collector may run in the middle of our own critical section).
+        group.orphans.append(permit)
+        if not group.lock._is_owned():  # type: ignore[attr-defined]
+            with group.lock:
+                _dispatch_after(group, self.clock, lambda: _drain_orphans(group))
 
     def _settle(self, permit: Permit, diff: int) -> None:
         group = self._group
         with group.lock:
+            levels: list[tuple[TokenBucket, float]] = []
             for lim in (self, self._pool):
                 if lim is None or lim._tbucket is None:
                     continue
-                if diff > 0:
-                    lim._tbucket.debit(diff)
-                else:
-                    lim._tbucket.give(-diff)
+                t = lim._tbucket
+                # debit may go negative; a refund stops at capacity (as give does)
+                levels.append((t, t.level - diff if diff > 0 else min(t.capacity, t.level - diff)))
+            _set_levels(levels)
             if diff < 0 and group.queue:
                 _dispatch(group, self.clock.monotonic(), None)
 
@@ -575,7 +921,11 @@ class MemoryLimiter(Limiter):
     @property
     def queued(self) -> int:
         """Threads waiting for admission to this limiter now."""
-        return self._queued
+        with self._group.lock:
+            return self._queued_locked()
+
+    def _queued_locked(self) -> int:
+        return sum(1 for w in self._group.queue if w.limiter is self)
 
     def cooldown_remaining(self) -> float:
         """Seconds until the current cooldown ends (0.0: none)."""
@@ -588,7 +938,7 @@ class MemoryLimiter(Limiter):
             next_start = self._time_delay(0, now)
             return LimiterSnapshot(
                 in_flight=self._in_flight,
-                queued=self._queued,
+                queued=self._queued_locked(),
                 max_concurrent=self._max,
                 requests_per_minute=self._rpm,
                 burst=self._burst or 1,
@@ -617,11 +967,25 @@ class MemoryLimiter(Limiter):
             parts.insert(0, f"key={self.key!r}")
         return (
             f"<MemoryLimiter {' '.join(parts) or 'unlimited'} "
-            f"in_flight={self._in_flight} queued={self._queued}>"
+            f"in_flight={self._in_flight} queued={self.queued}>"
         )
 
 
-class _PooledPermit(Permit):
+class _LocalPermit(Permit):
+    """A permit of the in-memory limiter: built not yet held; ``_grant`` marks it held."""
+
+    __slots__ = ()
+
+    def __init__(self, owner: MemoryLimiter, units: int, tokens: int) -> None:
+        # Not Permit.__init__ with a keyword: this is the hot path of every acquire.
+        self._released = True  # first: a permit cut short here is one never held
+        self._settled = False
+        self._owner = owner
+        self.units = units
+        self.tokens = tokens
+
+
+class _PooledPermit(_LocalPermit):
     """A permit that also holds units of the member's pool."""
 
     __slots__ = ("pool_units",)
@@ -632,9 +996,15 @@ class _PooledPermit(Permit):
 
 
 def _drain_orphans(group: _Group) -> None:
-    """Release permits whose finalizer could not take the lock (lock held)."""
-    while group.orphans:
-        permit = group.orphans.popleft()
+    """Release permits whose finalizer could not take the lock (lock held).
+
+    Each is released before it leaves the deque: an interrupt in between leaves an
+    already released permit there, which the next drain drops (release is once).
+    """
+    orphans = group.orphans
+    while orphans:
+        permit = orphans[0]
         owner = permit._owner
         if isinstance(owner, MemoryLimiter):
             owner._release_locked(permit)
+        orphans.popleft()
