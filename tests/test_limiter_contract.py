@@ -543,9 +543,15 @@ def test_snapshot_reports_limits_and_state(make: Make) -> None:
 
 # -- bad arguments: a ConfigError (a ValueError) naming the argument, on every backend ----------
 
+
+def _settle(lim: Limiter, tokens: object) -> None:
+    with lim.acquire(tokens=1) as permit:
+        permit.settle(tokens=tokens)  # type: ignore[arg-type]
+
+
 BAD_CALLS: list[tuple[str, str, Callable[[Limiter], object]]] = [
     ("cooldown(nan)", "seconds", lambda lim: lim.cooldown(float("nan"))),
-    ("cooldown(-1)", "seconds", lambda lim: lim.cooldown(-1.0)),
+    ("cooldown(inf)", "seconds", lambda lim: lim.cooldown(math.inf)),
     ("cooldown(True)", "seconds", lambda lim: lim.cooldown(True)),
     ("cooldown('5')", "seconds", lambda lim: lim.cooldown("5")),  # type: ignore[arg-type]
     ("acquire(units=0)", "units", lambda lim: lim.acquire(units=0)),
@@ -557,8 +563,8 @@ BAD_CALLS: list[tuple[str, str, Callable[[Limiter], object]]] = [
     ("acquire(timeout=nan)", "timeout", lambda lim: lim.acquire(timeout=float("nan"))),
     ("acquire(timeout=True)", "timeout", lambda lim: lim.acquire(timeout=True)),
     ("try_acquire(units=0)", "units", lambda lim: lim.try_acquire(units=0)),
-    ("settle(tokens=-1)", "tokens", lambda lim: lim.acquire(tokens=1).settle(tokens=-1)),
-    ("settle(tokens=True)", "tokens", lambda lim: lim.acquire(tokens=1).settle(tokens=True)),
+    ("settle(tokens=-1)", "tokens", lambda lim: _settle(lim, -1)),
+    ("settle(tokens=True)", "tokens", lambda lim: _settle(lim, True)),
     ("update(max_concurrent=True)", "max_concurrent", lambda lim: lim.update(max_concurrent=True)),
 ]
 

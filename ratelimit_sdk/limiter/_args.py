@@ -40,15 +40,14 @@ def check_timeout(timeout: object) -> float | None:
 
 
 def check_cooldown(seconds: object) -> float:
-    """A cooldown's length: a finite number of seconds >= 0."""
+    """A cooldown's length: a finite number of seconds (``<= 0``: no cooldown)."""
     if (
         not isinstance(seconds, (int, float))
         or isinstance(seconds, bool)
         or not math.isfinite(seconds)
-        or seconds < 0
     ):
         raise ConfigError(
-            f"seconds: a cooldown must be a finite number of seconds >= 0 (got {seconds!r})",
+            f"seconds: a cooldown must be a finite number of seconds (got {seconds!r})",
             field="seconds",
         )
     return float(seconds)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from ..clock import Clock
 from ..errors import ConfigError
 from ..models import AVAILABLE_NOW, Availability, LimiterSnapshot
+from ._args import check_tokens
 
 __all__ = [
     "Limiter",
@@ -195,8 +196,7 @@ class Permit:
         May be called once, before or after release; later calls are ignored (an
         interrupted call counts as made: at most once, never twice).
         """
-        if tokens < 0:
-            raise ValueError(f"tokens must be >= 0, got {tokens!r}")
+        check_tokens(tokens)
         if self._settled:
             return
         self._settled = True

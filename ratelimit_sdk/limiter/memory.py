@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import AcquireTimeout, ConfigError, RequestTooLargeError
 from ..models import Availability, LimiterSnapshot
+from ._args import check_cooldown, check_timeout, check_tokens, check_units
 from .base import Limiter, Permit, check_limits, check_pool_units
 from .bucket import TokenBucket
 
@@ -311,6 +312,10 @@ class MemoryLimiter(Limiter):
     collector once the caller's frame is gone.
     """
 
+    #: A subclass that adds to :meth:`_release_locked` sets this, so that every
+    #: release goes through it (a lone permit's release is otherwise inlined).
+    _hooked_release = False
+
     def __init__(
         self,
         max_concurrent: int | None = None,
@@ -472,8 +477,7 @@ class MemoryLimiter(Limiter):
 
     def cooldown(self, seconds: float) -> None:
         """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""
-        if not isinstance(seconds, (int, float)) or math.isnan(seconds):
-            raise ValueError(f"cooldown seconds must be a number, got {seconds!r}")
+        seconds = check_cooldown(seconds)
         if seconds <= 0:
             return
         group = self._group
@@ -542,10 +546,8 @@ class MemoryLimiter(Limiter):
             self._tbucket.take(tokens, now)
 
     def _check_request(self, units: int, tokens: int) -> None:
-        if isinstance(units, bool) or not isinstance(units, int) or units < 1:
-            raise ValueError(f"units must be a whole number >= 1, got {units!r}")
-        if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
-            raise ValueError(f"tokens must be a whole number >= 0, got {tokens!r}")
+        check_units(units)
+        check_tokens(tokens)
         if self._max is not None and units > self._max:
             raise RequestTooLargeError(
                 f"units={units} can never be admitted: max_concurrent is {self._max}"
@@ -566,10 +568,10 @@ class MemoryLimiter(Limiter):
         cancel: threading.Event | None = None,
     ) -> Permit:
         """Block until admitted; see :meth:`Limiter.acquire`."""
-        if units != 1 or tokens or self._pool is not None:
-            self._check_request(units, tokens)
-        if timeout is not None and not timeout >= 0:  # also rejects NaN
-            raise ValueError(f"timeout must be >= 0 or None, got {timeout!r}")
+        if type(units) is not int or units != 1 or tokens or self._pool is not None:
+            self._check_request(units, tokens)  # (``True == 1``: a bool is checked too)
+        if timeout is not None:
+            timeout = check_timeout(timeout)
         pool = self._pool
         # Built before anything is counted, not yet held: _grant counts it and marks
         # it held in one step, so nothing counted is ever without its permit.
@@ -867,8 +869,8 @@ class MemoryLimiter(Limiter):
             try:
                 if group.orphans:
                     _drain_orphans(group)
-                if self._pool is not None:  # (only a pool member has pooled permits)
-                    self._release_locked(permit)
+                if self._pool is not None or self._hooked_release:
+                    self._release_locked(permit)  # pooled permits, or a subclass's hook
                 elif not permit._released:
                     in_flight = self._in_flight - permit.units
                     try:

@@ -87,11 +87,13 @@ class FallbackLimiter(MemoryLimiter):
         super().__init__(**kwargs)
         self._gate = gate
 
-    def _release_locked(self, permit: Permit) -> None:
-        if permit._released:
-            return
-        super()._release_locked(permit)
+    _hooked_release = True
+
+    def _release_locked(self, permit: Permit) -> bool:
+        if not super()._release_locked(permit):
+            return False
         self._gate.free(permit.units)
+        return True
 
 
 class RedisStore:
