@@ -162,7 +162,7 @@ def test_a_hung_redis_under_load(
     with Load(lim) as load:
         time.sleep(1.0)
         with stopped(own_redis_server):
-            time.sleep(4.0)
+            time.sleep(5.0)  # SIGSTOPped for 5 s, as in the report
         back = time.monotonic()
         time.sleep(RECOVERY + 1.0)
     load.check(back)
