@@ -175,6 +175,7 @@ class Chain:
         if not guards:
             raise ValueError("a chain needs at least one provider")
         self.guards = tuple(guards)
+        self._by_name = {g.name: g for g in self.guards}
         self.clock = clock
         self.hooks = hooks
         self.fleet = fleet if fleet is not None else Fleet(clock)
@@ -298,7 +299,7 @@ class Chain:
         """Gather the facts :func:`~ratelimit_sdk.retry.decide` needs for this attempt."""
         if result is None:  # the deadline passed before an attempt
             return Decision(Step.MOVE_ON)
-        outcome = result.outcome
+        outcome = result.attempt.outcome
         if outcome is Outcome.BUSY and waited_out:
             return Decision(Step.MOVE_ON)  # it waited as long as the deadline allowed
         later_free = False
@@ -348,7 +349,7 @@ class Chain:
                 retry_index=retries,
                 cancel=walk.cancel,
             )
-            if result.outcome not in SKIPS or last or waited_enough:
+            if result.attempt.outcome not in SKIPS or last or waited_enough:
                 break
             if self._free_later(walk, index):
                 break  # never queue here while a later provider could take it now
@@ -410,7 +411,7 @@ class Chain:
             return None, result, attempts
         completion = result.completion
         assert completion is not None
-        guard = next(g for g in self.guards if g.name == result.attempt.provider)
+        guard = self._by_name[result.attempt.provider]
         response = ChatResponse(
             content=completion.content,
             provider=guard.name,

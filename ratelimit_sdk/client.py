@@ -304,7 +304,8 @@ class Client:
         Raises ``BadRequestError`` (the request itself is wrong; no fallback) or
         ``AllProvidersFailed`` (with every attempt).
         """
-        check_keywords(params, CHAT_PARAMS, "chat()")
+        if not CHAT_PARAMS.issuperset(params):
+            check_keywords(params, CHAT_PARAMS, "chat()")  # raises, naming the first
         request = _make_request(messages, params, stream=stream)
         if stream:
             return self._run_stream(request, preferred_model, chain, timeout)

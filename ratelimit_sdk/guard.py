@@ -351,6 +351,7 @@ class Guard:
         self.hooks = hooks
         self.backoff = Backoff(config.retry)
         self._pool_limits = pool_limits
+        self._set_budgets()
         self._counters = _Counters()
         self._closed = False
 
@@ -425,18 +426,23 @@ class Guard:
             ceiling = min(ceiling, could) if ceiling else could
         return ceiling
 
-    def _token_budgets(self) -> list[float]:
-        return [
+    def _token_budgets(self) -> tuple[float, ...]:
+        return self._budgets
+
+    def _set_budgets(self) -> None:
+        """The LLM token budgets in force (own and pool), kept with the config they come from."""
+        pool = self._pool_limits
+        self._budgets = tuple(
             b
             for b in (
                 self.config.limits.tokens_per_minute,
-                None if self._pool_limits is None else self._pool_limits.tokens_per_minute,
+                None if pool is None else pool.tokens_per_minute,
             )
             if b is not None
-        ]
+        )
 
     def _token_estimate(self, request: ChatRequest) -> int:
-        budgets = self._token_budgets()
+        budgets = self._budgets
         if not budgets:
             return 0
         return int(min(request.estimate_tokens(), *budgets))
@@ -792,7 +798,7 @@ class Guard:
             self._counters.fallbacks += 1
 
     def _emit(self, event: Event) -> None:
-        if self.hooks:
+        if self.hooks.active:
             self.hooks.emit(event)
 
     # -- observation and control ------------------------------------------------------------------
@@ -845,6 +851,7 @@ class Guard:
         self.backoff = Backoff(config.retry)
         self._pool_limits = pool_limits if config.pool is not None else None
         self.config = config
+        self._set_budgets()
 
     @property
     def closed(self) -> bool:

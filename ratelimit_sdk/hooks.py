@@ -90,6 +90,7 @@ class Hooks:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._fns: dict[str, tuple[HookFn, ...]] = {}
+        self.active = False  # any hook registered (read on every attempt: a plain attribute)
         self._local = threading.local()  # .held: this thread's held events, or absent
 
     def on(self, name: str, fn: HookFn) -> HookFn:
@@ -100,22 +101,24 @@ class Hooks:
             raise TypeError(f"hook must be callable, got {type(fn).__name__}")
         with self._lock:
             self._fns[name] = (*self._fns.get(name, ()), fn)
+            self.active = True
         return fn
 
     def off(self, name: str, fn: HookFn) -> None:
         """Stop calling ``fn`` for ``name`` (no-op if it was not registered)."""
         with self._lock:
             self._fns[name] = tuple(f for f in self._fns.get(name, ()) if f is not fn)
+            self.active = any(self._fns.values())
 
     def __bool__(self) -> bool:
-        return any(self._fns.values())
+        return self.active
 
     def hold(self) -> Held | None:
         """Hold this thread's events from now until :meth:`unhold` (``None``: no hooks).
 
         What a guard does while it holds a permit: hooks must not run under one.
         """
-        if not self:
+        if not self.active:
             return None
         held = Held([], getattr(self._local, "held", None))
         self._local.held = held.events

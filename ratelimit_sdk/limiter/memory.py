@@ -570,8 +570,8 @@ class MemoryLimiter(Limiter):
         """Block until admitted; see :meth:`Limiter.acquire`."""
         if type(units) is not int or units != 1 or tokens or self._pool is not None:
             self._check_request(units, tokens)  # (``True == 1``: a bool is checked too)
-        if timeout is not None:
-            timeout = check_timeout(timeout)
+        if timeout is not None and (timeout.__class__ is not float or not timeout >= 0):
+            timeout = check_timeout(timeout)  # (a float >= 0 is fine as it is: the hot path)
         pool = self._pool
         # Built before anything is counted, not yet held: _grant counts it and marks
         # it held in one step, so nothing counted is ever without its permit.
@@ -633,7 +633,10 @@ class MemoryLimiter(Limiter):
         if self._is_closed():
             self._check_request(units, tokens)
             return Availability(math.inf)
-        return super().try_admit(units=units, tokens=tokens)
+        try:
+            return self.acquire(0.0, units=units, tokens=tokens)
+        except AcquireTimeout:
+            return self.availability(units=units, tokens=tokens)
 
     def add_listener(self, fn: Callable[[], None]) -> None:
         """Call ``fn()`` after every release here (outside the lock; keep it quick)."""

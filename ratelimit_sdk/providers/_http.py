@@ -36,12 +36,11 @@ time and handed down, so patching them here changes the caps.
 from __future__ import annotations
 
 import abc
-import contextlib
 import functools
 import http.cookiejar
 import json
 import math
-from collections.abc import Iterator
+from types import TracebackType
 from typing import Any, ClassVar
 
 import requests
@@ -133,6 +132,46 @@ def _lower_headers(response: requests.Response, *, scrub: bool = True) -> dict[s
     if not scrub:
         return {name.lower(): value for name, value in response.headers.items()}
     return {name.lower(): redact(value) for name, value in response.headers.items()}
+
+
+class _Translating:
+    """The context manager of :meth:`HttpTransport._translating` (a class: no generator)."""
+
+    __slots__ = ("connect", "provider", "read", "watch")
+
+    def __init__(self, provider: str, connect: float, read: float, watch: Watch | None) -> None:
+        self.provider = provider
+        self.connect = connect
+        self.read = read
+        self.watch = watch
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None:
+            return
+        watch = self.watch
+        if isinstance(exc, TRANSPORT_ERRORS) and not isinstance(exc, RateLimitSDKError):
+            try:
+                raise_translated(
+                    exc,
+                    self.provider,
+                    connect_timeout=_clamp_timeout(self.connect),
+                    read_timeout=_clamp_timeout(self.read),
+                )
+            except RateLimitSDKError as translated:
+                if watch is not None and watch.finish():
+                    raise watch.timeout(self.provider) from translated
+                raise
+        if watch is not None and watch.finish() and isinstance(exc, Exception):
+            cause = exc if isinstance(exc, RateLimitSDKError) else None
+            raise watch.timeout(self.provider) from cause
 
 
 def _clamp_timeout(value: float) -> float:
@@ -383,27 +422,15 @@ class HTTPProvider(abc.ABC):
 
     # -- plumbing -----------------------------------------------------------------------
 
-    @contextlib.contextmanager
     def _translating(
         self, connect_timeout: float, read_timeout: float, watch: Watch | None = None
-    ) -> Iterator[None]:
+    ) -> _Translating:
         """Translate the block's transport errors; a fired ``watch`` makes them its timeout.
 
         On any exception the watch is finished (the exchange is over). Once it fired, the
         block failed because the watchdog shut the socket down, whatever the read said.
         """
-        try:
-            with map_transport_errors(
-                self.name,
-                connect_timeout=_clamp_timeout(connect_timeout),
-                read_timeout=_clamp_timeout(read_timeout),
-            ):
-                yield
-        except BaseException as exc:
-            if watch is not None and watch.finish() and isinstance(exc, Exception):
-                cause = exc if isinstance(exc, RateLimitSDKError) else None
-                raise watch.timeout(self.name) from cause
-            raise
+        return _Translating(self.name, connect_timeout, read_timeout, watch)
 
     def _encode(self, request: ChatRequest, *, stream: bool) -> bytes:
         body = self._body(request, stream=stream)
