@@ -38,6 +38,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from ._failure import failure_message
 from ._redact import get_logger
 from .clock import Clock
 from .errors import AllProvidersFailed, BadRequestError
@@ -209,7 +210,7 @@ class Chain:
         result = self._last_round(walk)
         if result is not None:
             return self._finish(result, walk)
-        raise AllProvidersFailed(_failure_message(walk.attempts), attempts=walk.attempts)
+        raise AllProvidersFailed(failure_message(walk.attempts), attempts=walk.attempts)
 
     def _last_round(self, walk: _Walk) -> AttemptResult | None:
         """Everything was tried or skipped: try again whoever comes back first, if in time.
@@ -428,9 +429,3 @@ def _add_wait(result: AttemptResult, since_start: float) -> AttemptResult:
     extra = max(0.0, since_start - result.attempt.elapsed)
     attempt = dataclasses.replace(result.attempt, elapsed=result.attempt.elapsed + extra)
     return dataclasses.replace(result, attempt=attempt)
-
-
-def _failure_message(attempts: list[Attempt]) -> str:
-    from ._failure import failure_message  # the leaf that words it (chain.py imports it here)
-
-    return failure_message(attempts)

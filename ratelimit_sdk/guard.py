@@ -415,7 +415,7 @@ class Guard:
         budget (``tokens_per_minute``): no answer can lock a provider out for longer
         than a minute's budget takes to refill.
         """
-        budgets = self._token_budgets()
+        budgets = self._budgets
         ceiling = int(min(budgets)) if budgets else 0
         limit = request.max_tokens
         if limit is None:
@@ -425,9 +425,6 @@ class Guard:
             could = USAGE_FACTOR * (request.prompt_chars() + limit) + 16
             ceiling = min(ceiling, could) if ceiling else could
         return ceiling
-
-    def _token_budgets(self) -> tuple[float, ...]:
-        return self._budgets
 
     def _set_budgets(self) -> None:
         """The LLM token budgets in force (own and pool), kept with the config they come from."""

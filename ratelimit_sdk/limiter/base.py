@@ -142,6 +142,12 @@ def from_backend(backend: str = "memory", **kwargs: Any) -> Limiter:
 
 _F = TypeVar("_F")
 
+
+def _unimplemented(limiter: object, method: str) -> TypeError:
+    """The error of an abstract method reached anyway (a backend's ``super()`` call)."""
+    return TypeError(f"{type(limiter).__name__} does not implement Limiter.{method}()")
+
+
 if TYPE_CHECKING:
     # ``Limiter(...)`` is the public way to build a limiter (it picks the backend), so
     # type checkers must see a class they may instantiate; at run time the methods
@@ -275,12 +281,12 @@ class Limiter(abc.ABC):
         timeout, and RequestTooLargeError when ``units`` or ``tokens`` can never
         fit the limits.
         """
-        raise NotImplementedError
+        raise _unimplemented(self, "acquire")
 
     @_abstract
     def try_acquire(self, *, units: int = 1, tokens: int = 0) -> Permit | None:
         """Admit now if every limit allows it (and nobody waits ahead), else ``None``."""
-        raise NotImplementedError
+        raise _unimplemented(self, "try_acquire")
 
     def would_admit(self, *, units: int = 1, tokens: int = 0) -> bool:
         """Whether an acquire now would be admitted at once. Takes nothing; only a look.
@@ -355,12 +361,12 @@ class Limiter(abc.ABC):
         admits nobody until in-flight is under the new value; raising it admits
         waiting threads at once.
         """
-        raise NotImplementedError
+        raise _unimplemented(self, "update")
 
     @_abstract
     def cooldown(self, seconds: float) -> None:
         """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""
-        raise NotImplementedError
+        raise _unimplemented(self, "cooldown")
 
     def wake_all(self) -> None:  # noqa: B027 - optional, a no-op by default
         """Wake waiting threads so they re-check their cancel flags (default: nothing to do)."""
@@ -368,7 +374,7 @@ class Limiter(abc.ABC):
     @_abstract
     def close(self) -> None:
         """Release resources (connections); waiting threads get AcquireTimeout."""
-        raise NotImplementedError
+        raise _unimplemented(self, "close")
 
     # -- observation ----------------------------------------------------------------------
 
@@ -376,35 +382,35 @@ class Limiter(abc.ABC):
     @_abstract
     def in_flight(self) -> int:
         """Concurrency units held now (this process)."""
-        raise NotImplementedError
+        raise _unimplemented(self, "in_flight")
 
     @property
     @_abstract
     def queued(self) -> int:
         """Threads waiting for admission now (this process)."""
-        raise NotImplementedError
+        raise _unimplemented(self, "queued")
 
     @_abstract
     def cooldown_remaining(self) -> float:
         """Seconds until the current cooldown ends (0.0: none)."""
-        raise NotImplementedError
+        raise _unimplemented(self, "cooldown_remaining")
 
     @_abstract
     def snapshot(self) -> LimiterSnapshot:
         """A consistent view of the limits and the state."""
-        raise NotImplementedError
+        raise _unimplemented(self, "snapshot")
 
     # -- used by Permit -------------------------------------------------------------------
 
     @_abstract
     def _release(self, permit: Permit) -> None:
         """Give ``permit``'s units back (called once per permit, by :meth:`Permit.release`)."""
-        raise NotImplementedError
+        raise _unimplemented(self, "_release")
 
     @_abstract
     def _settle(self, permit: Permit, diff: int) -> None:
         """Charge ``diff`` more LLM tokens (a refund when negative) for ``permit``."""
-        raise NotImplementedError
+        raise _unimplemented(self, "_settle")
 
     def _release_from_gc(self, permit: Permit) -> None:
         """Release a permit that was garbage-collected while held (no blocking on locks)."""

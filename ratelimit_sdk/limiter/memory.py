@@ -452,28 +452,23 @@ class MemoryLimiter(Limiter):
             self._tbucket,
         )
         try:
-            (
-                self._max,
-                self._rpm,
-                self._burst,
-                self._interval,
-                self._tpm,
-                self._margin,
-                self._bucket,
-                self._tbucket,
-            ) = new
+            self._store_limits(new)
         except BaseException:
-            (
-                self._max,
-                self._rpm,
-                self._burst,
-                self._interval,
-                self._tpm,
-                self._margin,
-                self._bucket,
-                self._tbucket,
-            ) = old
+            self._store_limits(old)
             raise
+
+    def _store_limits(self, values: _Limits) -> None:
+        """Every limit from ``values`` in one tuple assignment (no line runs in between)."""
+        (
+            self._max,
+            self._rpm,
+            self._burst,
+            self._interval,
+            self._tpm,
+            self._margin,
+            self._bucket,
+            self._tbucket,
+        ) = values
 
     def cooldown(self, seconds: float) -> None:
         """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""

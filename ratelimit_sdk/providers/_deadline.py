@@ -328,30 +328,25 @@ class _WatchedHTTPSConnection(HTTPSConnection):
         _after_connect(self)
 
 
-class _WatchedHTTPConnectionPool(HTTPConnectionPool):
+class _WatchedPool:
+    """Mixin for urllib3 pools: a connection handed out belongs to this thread's watch."""
+
+    def _get_conn(self, timeout: float | None = None) -> Any:
+        conn = super()._get_conn(timeout)  # type: ignore[misc]
+        _attach_current(conn)
+        return conn
+
+    def _put_conn(self, conn: Any) -> None:
+        _detach(conn)
+        super()._put_conn(conn)  # type: ignore[misc]
+
+
+class _WatchedHTTPConnectionPool(_WatchedPool, HTTPConnectionPool):
     ConnectionCls = _WatchedHTTPConnection
 
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
-        _attach_current(conn)
-        return conn
 
-    def _put_conn(self, conn: Any) -> None:
-        _detach(conn)
-        super()._put_conn(conn)
-
-
-class _WatchedHTTPSConnectionPool(HTTPSConnectionPool):
+class _WatchedHTTPSConnectionPool(_WatchedPool, HTTPSConnectionPool):
     ConnectionCls = _WatchedHTTPSConnection
-
-    def _get_conn(self, timeout: float | None = None) -> Any:
-        conn = super()._get_conn(timeout)
-        _attach_current(conn)
-        return conn
-
-    def _put_conn(self, conn: Any) -> None:
-        _detach(conn)
-        super()._put_conn(conn)
 
 
 _POOL_CLASSES: dict[str, type[HTTPConnectionPool]] = {
