@@ -368,6 +368,19 @@ class Limiter(abc.ABC):
         """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""
         raise _unimplemented(self, "cooldown")
 
+    def report_overrun(self) -> float:
+        """The server refused a request this limiter paced: widen the jitter allowance.
+
+        Called when a request admitted under the rate limits (token bucket,
+        spacing, windows) still got a rate-limit refusal: the gap between our
+        admission and the server's arrival was larger than the allowance. The
+        allowance grows (and decays back slowly); the return value is the
+        seconds until the rate limits admit the next request under the wider
+        allowance, ignoring concurrency (``0.0`` for a limiter that paces
+        nothing). The default does nothing and returns ``0.0``.
+        """
+        return 0.0
+
     def wake_all(self) -> None:  # noqa: B027 - optional, a no-op by default
         """Wake waiting threads so they re-check their cancel flags (default: nothing to do)."""
 
