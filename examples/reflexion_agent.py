@@ -54,7 +54,8 @@ def fakes() -> FakeFleet:
 def config(fleet: FakeFleet) -> dict[str, Any]:
     """The seed's reflexion setting (see ``ratelimit_sdk.presets.reflexion_config``).
 
-    Limits as the seed's; backoff delays shortened so the offline demo is quick.
+    Limits as the seed's (glm without its spacing); backoff delays shortened so the
+    offline demo is quick.
     """
     fast = {"base_delay": 0.1, "max_delay": 1.0}
     return {
@@ -67,7 +68,9 @@ def config(fleet: FakeFleet) -> dict[str, Any]:
             ),
             fleet["glm"].provider_config(
                 priority=2,
-                limits={"max_concurrent": 10, "min_interval": 0.1},
+                # no spacing here (the seed's 0.1 s): the refinement right after a
+                # critique goes to glm, not on to llama
+                limits={"max_concurrent": 10},
                 retry={"max_retries": 2, **fast},
             ),
             fleet["llama"].provider_config(

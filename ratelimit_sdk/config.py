@@ -233,9 +233,11 @@ class LimitsConfig(_Model):
         default=0.02,
         ge=0,
         le=10,
-        description="Seconds the local token buckets run behind the provider's, so network "
-        "jitter never makes a request arrive before the provider's token; costs that much "
-        "once after the first burst, not per request (0: none).",
+        description="The jitter allowance, seconds: a request we admit may reach the provider "
+        "this much later, and the limits admit so that the provider's own limiter holds for "
+        "any such delay. Costs this much once per burst where the burst can absorb it; a "
+        "one-token bucket or a spacing pays at most a fifth of its interval per request. "
+        "Widens by itself when the provider refuses a paced request (0: none).",
     )
 
     def limiter_kwargs(self) -> dict[str, Any]:

@@ -110,7 +110,7 @@ def test_requests_that_can_never_fit_are_refused(make: Make) -> None:
 
 
 def test_bucket_starts_full_then_waits_for_the_next_token(make: Make) -> None:
-    lim = make(requests_per_minute=120, burst=2)  # 2 per second, holds 2
+    lim = make(requests_per_minute=120, burst=2, margin=0)  # 2 per second, holds 2
     t0 = time.monotonic()
     first = [lim.try_acquire(), lim.try_acquire()]
     assert all(p is not None for p in first)  # starts full
@@ -134,19 +134,30 @@ def test_burst_then_steady_rate(make: Make) -> None:
     assert starts[-1] - base < SLOW
 
 
-def test_margin_delays_the_refill_after_a_burst_once(make: Make) -> None:
-    lim = make(requests_per_minute=600, burst=2, margin=0.2)  # 10 per second
-    assert lim.limits()["margin"] == 0.2  # type: ignore[attr-defined]
+def test_margin_treats_a_bucket_within_rate_times_margin_of_full_as_full(make: Make) -> None:
+    lim = make(requests_per_minute=600, burst=2, margin=0.05)  # 10 per second
+    assert lim.limits()["margin"] == 0.05  # type: ignore[attr-defined]
+    lim.acquire(timeout=SLOW).release()  # warm: a request came back
+    time.sleep(0.4)  # full again
+    assert lim.try_acquire() is not None
+    assert lim.try_acquire() is not None  # the burst goes whole
     t0 = time.monotonic()
-    first = [lim.try_acquire(), lim.try_acquire()]
-    assert all(p is not None for p in first)
-    lim.acquire(timeout=SLOW).release()  # refill starts 0.2 s after the burst, +0.1 s
-    assert time.monotonic() - t0 >= 0.9 * 0.3
+    # the refill paused for 10 * 0.05 - (2 - 1.5) tokens' worth: the next waits 0.05 + 0.1 s
+    lim.acquire(timeout=SLOW).release()
+    assert 0.9 * 0.15 <= time.monotonic() - t0 < SLOW
     t1 = time.monotonic()
-    lim.acquire(timeout=SLOW).release()  # later tokens come at the plain rate
+    lim.acquire(timeout=SLOW).release()  # then the plain rate
     assert 0.9 * 0.1 <= time.monotonic() - t1 < SLOW
     lim.update(margin=0.0)
     assert lim.limits()["margin"] == 0.0  # type: ignore[attr-defined]
+
+
+def test_report_overrun_widens_the_allowance(make: Make) -> None:
+    lim = make(requests_per_minute=600, burst=1, margin=0.02)  # 10 per second
+    lim.acquire(timeout=SLOW).release()
+    wait = lim.report_overrun()
+    assert 0.0 < wait <= 0.1 + 0.02 + 0.02 * 4 + 0.01
+    assert make(max_concurrent=1).report_overrun() == 0.0
 
 
 def test_min_interval_spaces_starts(make: Make) -> None:
@@ -295,7 +306,7 @@ def test_limiter_as_decorator(make: Make) -> None:
 
 
 def test_settle_refunds_an_overestimate(make: Make) -> None:
-    lim = make(tokens_per_minute=600)
+    lim = make(tokens_per_minute=600, margin=0)
     p = lim.acquire(tokens=600)
     p.settle(tokens=100)
     p.release()
@@ -430,7 +441,7 @@ def test_try_admit_in_a_cooldown_says_when_it_ends(make: Make) -> None:
 
 
 def test_try_admit_waiting_for_a_token_says_how_long(make: Make) -> None:
-    lim = make(requests_per_minute=60, burst=1)  # one per second
+    lim = make(requests_per_minute=60, burst=1, margin=0)  # one per second
     first = lim.try_admit()
     assert isinstance(first, Permit)
     first.release()
@@ -529,7 +540,7 @@ def test_close_wakes_waiters_with_acquire_timeout(make: Make) -> None:
 
 
 def test_snapshot_reports_limits_and_state(make: Make) -> None:
-    lim = make(max_concurrent=2, requests_per_minute=60, burst=2, min_interval=0.5)
+    lim = make(max_concurrent=2, requests_per_minute=60, burst=2, min_interval=0.5, margin=0)
     p = lim.acquire()
     snap = lim.snapshot()
     assert snap.in_flight == 1

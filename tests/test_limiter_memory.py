@@ -186,7 +186,7 @@ def test_units_hold_several_concurrency_units(clock: FakeClock) -> None:
 
 
 def test_bucket_starts_full_then_waits_exactly_for_the_next_token(clock: FakeClock) -> None:
-    lim = Limiter(requests_per_minute=60, burst=3, clock=clock)
+    lim = Limiter(requests_per_minute=60, burst=3, clock=clock, margin=0)
     for _ in range(3):
         lim.acquire().release()
     assert clock.sleeps == []
@@ -195,7 +195,7 @@ def test_bucket_starts_full_then_waits_exactly_for_the_next_token(clock: FakeClo
 
 
 def test_burst_defaults_to_one(clock: FakeClock) -> None:
-    lim = Limiter(requests_per_minute=120, clock=clock)
+    lim = Limiter(requests_per_minute=120, clock=clock, margin=0)
     assert lim.try_acquire() is not None
     assert lim.try_acquire() is None
     clock.advance(0.5)
@@ -203,7 +203,7 @@ def test_burst_defaults_to_one(clock: FakeClock) -> None:
 
 
 def test_min_interval_spaces_starts(clock: FakeClock) -> None:
-    lim = Limiter(min_interval=0.25, clock=clock)
+    lim = Limiter(min_interval=0.25, clock=clock, margin=0)
     lim.acquire().release()
     lim.acquire().release()
     clock.advance(0.1)
@@ -246,7 +246,7 @@ def test_cooldown_extension_reaches_a_waiter_already_sleeping() -> None:
 
 
 def test_all_limits_combined_wait_for_the_latest(clock: FakeClock) -> None:
-    lim = Limiter(requests_per_minute=60, burst=1, min_interval=2.0, clock=clock)
+    lim = Limiter(requests_per_minute=60, burst=1, min_interval=2.0, clock=clock, margin=0)
     lim.acquire().release()
     lim.cooldown(0.5)
     lim.acquire().release()
@@ -294,14 +294,14 @@ def test_timed_wait_is_capped_by_the_deadline(clock: FakeClock) -> None:
 
 
 def test_tokens_per_minute_charges_and_waits(clock: FakeClock) -> None:
-    lim = Limiter(tokens_per_minute=600, clock=clock)  # 10 tokens/s, holds 600
+    lim = Limiter(tokens_per_minute=600, clock=clock, margin=0)  # 10 tokens/s, holds 600
     lim.acquire(tokens=600).release()
     lim.acquire(tokens=60).release()
     assert clock.sleeps == [pytest.approx(6.0)]
 
 
 def test_settle_refunds_an_overestimate(clock: FakeClock) -> None:
-    lim = Limiter(tokens_per_minute=600, clock=clock)
+    lim = Limiter(tokens_per_minute=600, clock=clock, margin=0)
     p = lim.acquire(tokens=600)
     p.settle(tokens=100)
     p.release()
@@ -310,7 +310,7 @@ def test_settle_refunds_an_overestimate(clock: FakeClock) -> None:
 
 
 def test_settle_debits_an_underestimate(clock: FakeClock) -> None:
-    lim = Limiter(tokens_per_minute=600, clock=clock)
+    lim = Limiter(tokens_per_minute=600, clock=clock, margin=0)
     with lim.acquire(tokens=10) as p:
         p.settle(tokens=1000)  # 990 more than charged: 400 in debt
         p.settle(tokens=5)  # only the first settle counts
@@ -386,7 +386,7 @@ def test_keyboard_interrupt_while_waiting_leaves_no_trace() -> None:
 
 def test_keyboard_interrupt_after_being_granted_gives_everything_back() -> None:
     clock = InterruptingClock()
-    lim = Limiter(max_concurrent=1, requests_per_minute=60, burst=2, clock=clock)
+    lim = Limiter(max_concurrent=1, requests_per_minute=60, burst=2, clock=clock, margin=0)
     held = lim.acquire()
     clock.before = held.release  # the release hands the permit to the waiter, then ^C
     with pytest.raises(KeyboardInterrupt):
@@ -722,7 +722,9 @@ def test_close_wakes_waiters_with_acquire_timeout() -> None:
 
 
 def test_snapshot_reports_state(clock: FakeClock) -> None:
-    lim = Limiter(max_concurrent=2, requests_per_minute=60, burst=2, min_interval=0.5, clock=clock)
+    lim = Limiter(
+        max_concurrent=2, requests_per_minute=60, burst=2, min_interval=0.5, clock=clock, margin=0
+    )
     p = lim.acquire()
     snap = lim.snapshot()
     assert snap.in_flight == 1
@@ -745,15 +747,6 @@ def test_limiter_as_decorator(clock: FakeClock) -> None:
     assert call(2) == 4
     assert seen == [1]
     assert lim.in_flight == 0
-
-
-def test_margin_delays_the_bucket_once_not_per_request(clock: FakeClock) -> None:
-    lim = RecordingLimiter(requests_per_minute=60, burst=2, margin=0.1, clock=clock)
-    for _ in range(5):
-        lim.acquire().release()
-    start = lim.starts[0]
-    offsets = [round(t - start, 6) for t in lim.starts]
-    assert offsets == [0.0, 0.0, 1.1, 2.1, 3.1]  # the margin once, then the plain rate
 
 
 def test_margin_must_be_non_negative() -> None:

@@ -1,19 +1,139 @@
-"""Stage 3b (admission control), pure arithmetic: token bucket, spacing, cooldown.
+"""Stage 3b (admission control), pure arithmetic: token bucket, spacing, jitter allowance.
 
 No threads, no I/O, no clock calls: every method takes ``now`` (seconds on a
 monotonic clock) as an argument, so tests are exact tables. The in-memory
 limiter holds these under its lock; the Redis backend runs the same rules in Lua.
+
+The jitter allowance
+--------------------
+A request we admit at ``t`` reaches the server's limiter at some ``t + d``, with
+``d`` anywhere in ``[0, J]`` (thread wake-up, the GIL, building the request, a
+new connection). Requests admitted in an interval of length ``s`` can then
+arrive within ``s - J``; for the server's bucket (``B`` tokens, ``r`` per
+second) to hold whatever the delays, ``n`` admissions in any interval of length
+``s`` must satisfy ``n <= B + r * max(0, s - J)``.
+
+We keep that in GCRA form (the generic cell rate algorithm): each admission
+is assumed to reach the server as late as possible when it *updates* the
+server's state, and as early as possible when it is *tested* against it. In
+the level form :class:`TokenBucket` stores, a take at ``now`` from a bucket
+within ``r * J`` of full (not only an exactly full one) pauses the refill until
+the level is where the server's would be once the request arrived late: a
+pause of ``(level - (B - r*J)) / r``, at most ``J``. The tokens themselves
+come off at once, so a burst from a full bucket still goes out whole. Cost:
+
+* ``B - 1 >= r * J`` (a burst of two or more at the usual 20 ms): nothing in a
+  steady stream at the full rate; ``J`` once per burst from a full bucket (the
+  ``B`` go at once, the next one waits ``J`` longer than it would).
+* A one-token bucket (``B = 1``) or a spacing (``min_interval``) has no slack to
+  absorb ``J``: every request pays it. The allowance applied there is capped at
+  :data:`STEADY_COST` of the interval (``min(J, 0.2 / r)``; 5 ms at 40 per
+  second, so at most 1.2x the optimum) and grows only when the server refuses a
+  paced request (:class:`JitterAllowance`).
 """
 
 from __future__ import annotations
 
 import math
 
-__all__ = ["EPSILON", "TokenBucket"]
+__all__ = [
+    "COLD_FACTOR",
+    "DEFAULT_MARGIN",
+    "EPSILON",
+    "GROWTH",
+    "HALF_LIFE",
+    "IDLE_COLD",
+    "MAX_ALLOWANCE",
+    "STEADY_COST",
+    "JitterAllowance",
+    "TokenBucket",
+]
 
 #: Slack for float rounding: a bucket short by less than this counts as full enough.
 #: (A wait computed as ``deficit / rate`` can land a hair short after refilling.)
 EPSILON = 1e-9
+
+#: The jitter allowance (seconds) every limiter starts with: the ``Client``'s
+#: ``LimitsConfig.safety_margin`` default, and the standalone ``Limiter``'s and
+#: ``RateLimitAdapter``'s too.
+DEFAULT_MARGIN = 0.02
+
+#: Where a limit has no slack to absorb the allowance (a one-token bucket, a
+#: spacing), the allowance is capped at this fraction of its interval, the most
+#: it may cost per request in a steady stream until the server says otherwise.
+STEADY_COST = 0.2
+
+#: A cold admission (the first ones after start-up, or after :data:`IDLE_COLD`
+#: seconds with nothing admitted, before any request has come back) gets this many
+#: times the margin on top: new connections, TLS and first-use imports. The official
+#: ``openai`` client took 25-33 ms from admission to arrival on its first burst.
+COLD_FACTOR = 3.0
+
+#: Seconds without an admission after which the limiter counts as cold again
+#: (keep-alive connections may be gone).
+IDLE_COLD = 30.0
+
+#: How an overrun widens the allowance: ``extra = extra * GROWTH[0] + max(GROWTH[1],
+#: margin * GROWTH[2])`` seconds.
+GROWTH = (1.5, 0.002, 0.25)
+
+#: Seconds for a grown allowance to shrink halfway back to the margin.
+HALF_LIFE = 600.0
+
+#: The widest allowance growth can reach, seconds.
+MAX_ALLOWANCE = 1.0
+
+
+class JitterAllowance:
+    """What overruns added to one limiter's allowance ``J``, on top of its margin.
+
+    ``extra``: seconds added by :meth:`grow` (a server refused a paced request),
+    halving every :data:`HALF_LIFE` seconds from ``stamp``. :meth:`for_limit`
+    gives the allowance one admission applies to one limit (see the module
+    docstring). The margin itself is the limiter's (passed in), so a hot change
+    of it needs nothing here. Not thread-safe: the owner serializes access.
+    """
+
+    __slots__ = ("extra", "stamp")
+
+    def __init__(self) -> None:
+        self.extra = 0.0
+        self.stamp = 0.0
+
+    def extra_at(self, now: float) -> float:
+        """The grown part of the allowance at ``now`` (decayed since the last growth)."""
+        if not self.extra:
+            return 0.0
+        return float(self.extra * 0.5 ** (max(0.0, now - self.stamp) / HALF_LIFE))
+
+    def grow(self, margin: float, now: float) -> float:
+        """Widen the allowance after an overrun; returns the new grown part (seconds)."""
+        factor, floor, share = GROWTH
+        extra = min(MAX_ALLOWANCE, self.extra_at(now) * factor + max(floor, margin * share))
+        self.extra, self.stamp = extra, now
+        return extra
+
+    def for_limit(
+        self, margin: float, interval: float, slack: float, now: float, cold: bool
+    ) -> float:
+        """The allowance (seconds) an admission at ``now`` applies to one limit.
+
+        ``interval``: seconds per unit of the limit (``1 / rate``, or the
+        spacing); ``slack``: seconds of burst the limit holds beyond one unit
+        (``(B - 1) / rate``; 0 for a spacing). The margin is capped where the
+        limit cannot absorb it (:data:`STEADY_COST`), its cold share with it; the
+        grown part is not (the provider asked for it).
+        """
+        j = margin * (1.0 + COLD_FACTOR) if cold else margin
+        top = slack + STEADY_COST * interval
+        if j > top:
+            j = top
+        if self.extra:
+            j += self.extra_at(now)
+        return j
+
+    def __repr__(self) -> str:
+        return f"JitterAllowance(extra={self.extra!r}, stamp={self.stamp!r})"
 
 
 class TokenBucket:
@@ -21,16 +141,15 @@ class TokenBucket:
 
     Starts full. ``level`` may go negative after :meth:`debit` (a settled
     underestimate): the debt is paid back by refill before anyone else is admitted.
-    Starts in any window of length ``t`` never exceed ``capacity + rate * t``.
-    ``margin``: a take that leaves a full bucket starts the refill ``margin``
-    seconds later, as a remote bucket whose clock starts when the request arrives
-    would; it costs ``margin`` once per burst. Not thread-safe: the owner
-    serializes access.
+    Starts in any window of length ``t`` never exceed ``capacity + rate * t``;
+    with an allowance ``J`` passed to :meth:`take`, never exceed
+    ``capacity + rate * max(0, t - J)`` (see the module docstring). Not
+    thread-safe: the owner serializes access.
     """
 
-    __slots__ = ("capacity", "level", "margin", "rate", "stamp")
+    __slots__ = ("capacity", "level", "rate", "stamp")
 
-    def __init__(self, rate: float, capacity: float, now: float, margin: float = 0.0) -> None:
+    def __init__(self, rate: float, capacity: float, now: float) -> None:
         if not (rate > 0 and math.isfinite(rate)):
             raise ValueError(f"rate must be a positive finite number, got {rate!r}")
         if not (capacity > 0 and math.isfinite(capacity)):
@@ -39,7 +158,6 @@ class TokenBucket:
         self.capacity = capacity
         self.level = capacity
         self.stamp = now
-        self.margin = margin
 
     def refill(self, now: float) -> None:
         """Add what accrued since the last refill, up to ``capacity``.
@@ -66,20 +184,30 @@ class TokenBucket:
             return 0.0
         return max(0.0, self.stamp - now) + deficit / self.rate
 
-    def take(self, amount: float, now: float | None = None) -> None:
-        """Remove ``amount`` tokens (call :meth:`delay` first; may leave a tiny negative).
+    def take(self, amount: float, now: float, allowance: float = 0.0) -> None:
+        """Remove ``amount`` tokens at ``now`` (call :meth:`delay` first; may go negative).
 
-        Taking from a full bucket at ``now`` with a ``margin`` starts the refill
-        ``margin`` seconds later (see the class docstring).
+        ``allowance``: seconds the request may take to reach the server. If the
+        bucket is within ``rate * allowance`` of full, the refill pauses until the
+        level is where the server's would be after the late arrival (see the
+        module docstring); ``amount`` comes off the level now.
         """
-        if (
-            self.margin
-            and now is not None
-            and self.stamp <= now
-            and self.level >= self.capacity - EPSILON
-        ):
-            self.stamp = now + self.margin
+        self.refill(now)
+        if allowance:
+            excess = self.level - (self.capacity - self.rate * allowance)
+            if excess > 0:
+                pause = now + excess / self.rate
+                if pause > self.stamp:
+                    self.stamp = pause
         self.level -= amount
+
+    def interval(self) -> float:
+        """Seconds per token."""
+        return 1.0 / self.rate
+
+    def slack(self) -> float:
+        """Seconds of burst the bucket holds beyond one token: ``(capacity - 1) / rate``."""
+        return max(0.0, self.capacity - 1.0) / self.rate
 
     def give(self, amount: float) -> None:
         """Return ``amount`` tokens (a refund), never above ``capacity``."""
@@ -98,7 +226,7 @@ class TokenBucket:
 
     def copy(self) -> TokenBucket:
         """A bucket in the same state (to reconfigure without touching this one)."""
-        new = TokenBucket(self.rate, self.capacity, self.stamp, margin=self.margin)
+        new = TokenBucket(self.rate, self.capacity, self.stamp)
         new.level = self.level
         return new
 

@@ -27,6 +27,7 @@ see the invariant in :class:`MemoryLimiter`'s docstring and ``docs/interrupts.md
 
 from __future__ import annotations
 
+import logging
 import math
 import threading
 from collections import deque
@@ -38,10 +39,11 @@ from ..errors import AcquireTimeout, ConfigError, RequestTooLargeError
 from ..models import Availability, LimiterSnapshot
 from ._args import check_cooldown, check_timeout, check_tokens, check_units
 from .base import Limiter, Permit, check_limits, check_pool_units
-from .bucket import TokenBucket
+from .bucket import DEFAULT_MARGIN, IDLE_COLD, JitterAllowance, TokenBucket
 
 __all__ = ["MemoryLimiter"]
 
+_log = logging.getLogger("ratelimit_sdk")
 _T = TypeVar("_T")
 _INF = math.inf
 #: Wake-up times closer than this count as unchanged (no needless notify).
@@ -223,7 +225,7 @@ def _same_time(a: float | None, b: float | None) -> bool:
 
 
 def _rebuilt(
-    old: TokenBucket | None, rate: float | None, capacity: float, now: float, margin: float
+    old: TokenBucket | None, rate: float | None, capacity: float, now: float
 ) -> TokenBucket | None:
     """The bucket for ``rate`` (``None``: no limit), carrying over what ``old`` holds.
 
@@ -233,10 +235,9 @@ def _rebuilt(
     if rate is None:
         return None
     if old is None:
-        return TokenBucket(rate, capacity, now, margin=margin)
+        return TokenBucket(rate, capacity, now)
     new = old.copy()
     new.reconfigure(rate, capacity, now)
-    new.margin = margin
     return new
 
 
@@ -273,11 +274,16 @@ class MemoryLimiter(Limiter):
     Thread-safe; share one instance among all threads that call the same API.
     Holds its lock for microseconds only: never across a wait, a sleep or I/O.
 
-    ``margin`` (seconds, default 0): a full token bucket starts refilling ``margin``
-    after the request that takes it out of full, as a provider's bucket starts when
-    that request *arrives*. Network jitter up to ``margin`` then never lands a
-    request before the provider's token; it costs ``margin`` once per burst, not
-    per request.
+    ``margin`` (seconds, default :data:`~ratelimit_sdk.limiter.bucket.DEFAULT_MARGIN`,
+    20 ms, as the ``Client``'s): the jitter allowance. A request admitted here may
+    reach the provider up to ``margin`` later; the bucket and the spacing admit so
+    that the provider's own limiter holds whatever that delay is (a bucket within
+    ``rate * margin`` of full counts as full). It costs ``margin`` once per burst
+    where the burst can absorb it; a one-token bucket or a spacing pays at most a
+    fifth of its interval per request. A cold start (nothing came back yet, or
+    idle for 30 s) adds three times the margin to the first burst; a rate-limit
+    refusal of a paced request widens it (:meth:`report_overrun`). See
+    :mod:`ratelimit_sdk.limiter.bucket`.
 
     ``pool=`` makes this limiter a member of a shared pool (another
     ``MemoryLimiter``): each request then also holds ``pool_units`` of the pool's
@@ -329,7 +335,7 @@ class MemoryLimiter(Limiter):
         clock: Clock | None = None,
         pool: MemoryLimiter | None = None,
         pool_units: int = 1,
-        margin: float = 0.0,
+        margin: float = DEFAULT_MARGIN,
     ) -> None:
         check_limits(
             {
@@ -357,6 +363,9 @@ class MemoryLimiter(Limiter):
         self._closed = False
         self._listeners: tuple[Callable[[], None], ...] = ()
         self._margin = float(margin)
+        self._jitter = JitterAllowance()
+        self._warm = False  # a request came back since the limiter went idle
+        self._last_take = -_INF
         self._build_buckets(now)
         self._pool: MemoryLimiter | None = None
         self._pool_units = 1
@@ -392,25 +401,18 @@ class MemoryLimiter(Limiter):
         self._pool_units = check_pool_units(value, None if pool is None else pool._max)
 
     def _build_buckets(self, now: float) -> None:
-        self._bucket, self._tbucket = self._buckets_for(
-            self._rpm, self._burst, self._tpm, self._margin, now
-        )
+        self._bucket, self._tbucket = self._buckets_for(self._rpm, self._burst, self._tpm, now)
 
     def _buckets_for(
         self,
         rpm: float | None,
         burst: int | None,
         tpm: float | None,
-        margin: float,
         now: float,
     ) -> tuple[TokenBucket | None, TokenBucket | None]:
         """The request and token buckets for these limits (the current ones untouched)."""
-        bucket = _rebuilt(
-            self._bucket, None if rpm is None else rpm / 60.0, float(burst or 1), now, margin
-        )
-        tbucket = _rebuilt(
-            self._tbucket, None if tpm is None else tpm / 60.0, float(tpm or 1), now, margin
-        )
+        bucket = _rebuilt(self._bucket, None if rpm is None else rpm / 60.0, float(burst or 1), now)
+        tbucket = _rebuilt(self._tbucket, None if tpm is None else tpm / 60.0, float(tpm or 1), now)
         return bucket, tbucket
 
     def update(self, **limits: Any) -> None:
@@ -430,7 +432,7 @@ class MemoryLimiter(Limiter):
             interval = float(new["min_interval"])
             margin = float(new["margin"])
             rpm, tpm = new["requests_per_minute"], new["tokens_per_minute"]
-            bucket, tbucket = self._buckets_for(rpm, burst, tpm, margin, now)
+            bucket, tbucket = self._buckets_for(rpm, burst, tpm, now)
             new_limits: _Limits = (mx, rpm, burst, interval, tpm, margin, bucket, tbucket)
             _dispatch_after(group, self.clock, lambda: self._set_limits(new_limits))
 
@@ -483,6 +485,26 @@ class MemoryLimiter(Limiter):
                 self._cool_until = until
                 _dispatch(group, now, None)
 
+    def report_overrun(self) -> float:
+        """The provider refused a request this limiter paced: widen the jitter allowance.
+
+        See :meth:`Limiter.report_overrun`. Returns the seconds until the rate
+        limits (bucket, spacing, cooldown) admit the next request, ignoring
+        concurrency; ``0.0`` when this limiter paces nothing.
+        """
+        with self._group.lock:
+            if self._bucket is None and not self._interval and self._tbucket is None:
+                return 0.0
+            now = self.clock.monotonic()
+            extra = self._jitter.grow(self._margin, now)
+            delay = self._time_delay(0, now)
+        _log.info(
+            "%s: a paced request was refused; jitter allowance now %.1f ms over the margin",
+            self.key or "limiter",
+            extra * 1000,
+        )
+        return delay
+
     def close(self) -> None:
         """Wake every thread waiting here with AcquireTimeout; later acquires fail the same way.
 
@@ -532,13 +554,26 @@ class MemoryLimiter(Limiter):
         return delay
 
     def _take(self, units: int, tokens: int, now: float) -> None:
+        bucket, interval, tbucket = self._bucket, self._interval, self._tbucket
+        if bucket is None and not interval and tbucket is None:
+            self._in_flight += units
+            return
+        # Cold: nothing came back since start-up, or idle for IDLE_COLD seconds.
+        cold = not self._warm or (self._in_flight == 0 and now - self._last_take > IDLE_COLD)
         self._in_flight += units
-        if self._bucket is not None:
-            self._bucket.take(1.0, now)
-        if self._interval:
-            self._last_start = now
-        if self._tbucket is not None and tokens:
-            self._tbucket.take(tokens, now)
+        if cold:
+            self._warm = False
+        self._last_take = now
+        jitter, margin = self._jitter, self._margin
+        if bucket is not None:
+            allow = jitter.for_limit(margin, 1.0 / bucket.rate, bucket.slack(), now, cold)
+            bucket.take(1.0, now, allow)
+        if interval:
+            # The spacing runs from the latest the request may reach the provider.
+            self._last_start = now + jitter.for_limit(margin, interval, 0.0, now, cold)
+        if tbucket is not None and tokens:
+            allow = jitter.for_limit(margin, 1.0 / tbucket.rate, tbucket.slack(), now, cold)
+            tbucket.take(tokens, now, allow)
 
     def _check_request(self, units: int, tokens: int) -> None:
         check_units(units)
@@ -865,9 +900,12 @@ class MemoryLimiter(Limiter):
         group = self._group
         with group.lock:
             try:
+                self._warm = True  # a request came back: its connection exists
                 if group.orphans:
                     _drain_orphans(group)
                 if self._pool is not None or self._hooked_release:
+                    if self._pool is not None:
+                        self._pool._warm = True
                     self._release_locked(permit)  # pooled permits, or a subclass's hook
                 elif not permit._released:
                     in_flight = self._in_flight - permit.units

@@ -76,6 +76,7 @@ from ..errors import ConfigError
 from ..models import AVAILABLE_NOW, Availability, LimiterSnapshot
 from ._args import check_cooldown, check_timeout
 from .base import Limiter, Permit, check_limits, check_pool_units
+from .bucket import DEFAULT_MARGIN
 from .memory import MemoryLimiter
 from .redis_breaker import SharedBreakerCell
 from .redis_leases import Leases
@@ -84,6 +85,7 @@ from .redis_scripts import (
     DEFAULT_LEASE_TIMEOUT,
     DEFAULT_PREFIX,
     DEFAULT_SOCKET_TIMEOUT,
+    LOG,
     SHORT_NAMES,
     RedisDown,
     Scripts,
@@ -91,6 +93,7 @@ from .redis_scripts import (
     client_from_url,
     import_redis,
     num,
+    text,
 )
 from .redis_store import LimiterKeys, RedisStore
 from .redis_wait import Admission, Refusal
@@ -167,7 +170,7 @@ class RedisLimiter(Limiter):
         clock: Clock | None = None,
         pool: RedisLimiter | None = None,
         pool_units: int = 1,
-        margin: float = 0.0,
+        margin: float = DEFAULT_MARGIN,
         prefix: str = DEFAULT_PREFIX,
         lease_timeout: float = DEFAULT_LEASE_TIMEOUT,
         on_backend_error: str = "local",
@@ -332,6 +335,33 @@ class RedisLimiter(Limiter):
         until = self.clock.monotonic() + seconds
         self._fallback().cooldown(seconds)
         store.remember_cooldown(until)
+
+    def report_overrun(self) -> float:
+        """Widen the shared jitter allowance (every process uses it).
+
+        See :meth:`Limiter.report_overrun`.
+
+        One round trip; while Redis is unreachable, the local fallback's allowance
+        widens instead.
+        """
+        store = self.store
+        if not store.use_local():
+            try:
+                reply = store.run("overrun", [store.keys.cfg, store.keys.st], store.side_args()[:2])
+            except RedisDown as exc:
+                store.on_down(exc, "widening the jitter allowance")
+            else:
+                store.after_success()
+                wait, extra = float(text(reply[0])), float(text(reply[1]))
+                if extra:
+                    LOG.info(
+                        "%s: a paced request was refused; jitter allowance now %.1f ms over "
+                        "the margin, for every process",
+                        self.key,
+                        extra * 1000,
+                    )
+                return wait
+        return self._fallback().report_overrun()
 
     def _handover(self, pending: dict[str, Any], cooldown: float | None) -> None:
         """Redis is back: write the changes made while it was down."""
@@ -580,6 +610,7 @@ class RedisLimiter(Limiter):
         self.leases.release_from_gc(permit)
 
     def _after_release(self, head: str | None) -> None:
+        self.admission.warm = True  # a request came back: its connection exists
         if head != "":  # '' nobody waits in Redis; None: unknown, wake the leader anyway
             self.line.wake("r", head)
         if self.line.release_listeners:

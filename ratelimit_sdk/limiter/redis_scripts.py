@@ -72,6 +72,7 @@ SCRIPT_NAMES = (
     "init",
     "stats",
     "breaker",
+    "overrun",
 )
 LIMIT_FIELDS = (
     "max_concurrent",
@@ -97,10 +98,33 @@ NBRK = 3
 
 @functools.cache
 def script_source(name: str) -> str:
-    """The text of script ``name``: ``common.lua``, then ``<name>.lua``."""
+    """The text of script ``name``: the allowance constants, ``common.lua``, ``<name>.lua``."""
     lua = importlib.resources.files(__name__.rpartition(".")[0]).joinpath("lua")
     common = lua.joinpath("common.lua").read_text(encoding="utf-8")
-    return common + "\n" + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    return (
+        _allowance_constants()
+        + common
+        + "\n"
+        + lua.joinpath(f"{name}.lua").read_text(encoding="utf-8")
+    )
+
+
+def _allowance_constants() -> str:
+    """The jitter allowance's constants as Lua locals, from :mod:`.bucket` (one source)."""
+    from . import bucket
+
+    factor, floor, share = bucket.GROWTH
+    values = {
+        "COLD_FACTOR": bucket.COLD_FACTOR,
+        "STEADY_COST": bucket.STEADY_COST,
+        "IDLE_COLD": bucket.IDLE_COLD,
+        "HALF_LIFE_US": bucket.HALF_LIFE * 1e6,
+        "GROWTH_FACTOR": factor,
+        "GROWTH_FLOOR_US": floor * 1e6,
+        "GROWTH_SHARE": share,
+        "MAX_ALLOWANCE_US": bucket.MAX_ALLOWANCE * 1e6,
+    }
+    return "".join(f"local {name} = {value!r}\n" for name, value in values.items())
 
 
 def import_redis() -> Any:

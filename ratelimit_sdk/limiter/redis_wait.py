@@ -39,6 +39,7 @@ from ..clock import Clock
 from ..errors import AcquireTimeout, BackendError, RequestTooLargeError
 from ._args import check_tokens, check_units
 from .base import Permit
+from .bucket import IDLE_COLD
 from .memory import MemoryLimiter
 from .redis_gate import GateResult
 from .redis_leases import Leases
@@ -101,6 +102,10 @@ class Admission:
         self.pool_units = pool_units
         self.fallback = fallback
         self.slice = min(MAX_SLICE, max(0.05, lease_timeout / 3.0))
+        #: Whether a request came back since this process went idle (its connections
+        #: exist); a cold admission gets more jitter allowance (see limiter/bucket.py).
+        self.warm = False
+        self._last_try = -float("inf")
         self.ticket_us = int((3.0 * self.slice + 1.0) * 1e6)  # outlives 3 missed looks
         self._offset: float | None = None  # server seconds minus local monotonic seconds
 
@@ -316,9 +321,18 @@ class Admission:
         offset = self._offset
         return 0 if offset is None else int((arrival + offset) * 1e6)
 
+    def _cold(self) -> str:
+        """``"c"`` when this process is cold (nothing came back, or idle), else ``""``."""
+        now = self.clock.monotonic()
+        cold = not self.warm or (self.leases.in_flight == 0 and now - self._last_try > IDLE_COLD)
+        self.warm = not cold
+        self._last_try = now
+        return "c" if cold else ""
+
     def _args(
         self, w: Waiter, units: int, tokens: int, mode: str, succ: Waiter | None
     ) -> list[Any]:
+        mode += self._cold()
         args: list[Any] = [
             w.id,
             units,

@@ -4,7 +4,8 @@
 -- ARGV: 1 id (ticket and lease id), 2 units, 3 tokens, 4 lease ttl (us),
 --       5 ticket ttl (us), 6 arrival estimate (server us; 0: now),
 --       7 mode ('w': wait in line, 't': try, never queue, 'h': hold a place in line
---         but do not admit: this process already holds its whole limit),
+--         but do not admit: this process already holds its whole limit; a 'c' after
+--         the letter: the process is cold, nothing came back yet: more jitter allowance),
 --       8 successor id ('': none),
 --       9 successor arrival (server us; 0: now), 10 spec, 11 origin, 12 channel,
 --       [13 pool units, 14 pool spec, 15 pool origin, 16 pool channel]
@@ -31,8 +32,10 @@ local tokens = tonumber(ARGV[3])
 local lease_ttl = tonumber(ARGV[4])
 local ticket_ttl = tonumber(ARGV[5])
 local arrival = tonumber(ARGV[6])
-local waiting = ARGV[7] ~= 't'
-local hold = ARGV[7] == 'h'
+local mode = string.sub(ARGV[7], 1, 1)
+local cold = string.sub(ARGV[7], 2, 2) == 'c'
+local waiting = mode ~= 't'
+local hold = mode == 'h'
 local succ = ARGV[8]
 local succ_arrival = tonumber(ARGV[9])
 
@@ -185,9 +188,9 @@ if hold then
   return reply(-3, 0)
 end
 
-take(M, id, units, tokens, now, lease_ttl)
+take(M, id, units, tokens, now, lease_ttl, cold)
 if P then
-  take(P, id, pool_units, tokens, now, lease_ttl)
+  take(P, id, pool_units, tokens, now, lease_ttl, cold)
 end
 -- The line moved: its new head looks again, unless this admission filled the
 -- concurrency (then the next release wakes it; waking it now would only cost a call).

@@ -5,7 +5,8 @@
 --   :cfg     hash  limits: mc rpm burst mi tpm mg ("" = no limit), v (version), o (origin);
 --                 the provider's breaker: bs (state), bo (opened at), bf (failures)
 --   :st      hash  state:  bl bt (request bucket level, stamp), tl tt (LLM token bucket),
---                         last (last start), cu (cooldown until)
+--                         last (last start plus its jitter allowance), cu (cooldown until),
+--                         jx ja (what overruns added to the allowance, us; when)
 --   :leases  zset  concurrency holders "<id>|<units>" scored by lease expiry
 --   :q       zset  waiting tickets scored by arrival (FIFO across processes)
 --   :qx      zset  the same tickets scored by expiry (a crashed waiter's ticket goes away)
@@ -69,16 +70,17 @@ local function cfg_reply(c)
 end
 
 local function load_state(key)
-  local r = redis.call('HMGET', key, 'bl', 'bt', 'tl', 'tt', 'last', 'cu')
+  local r = redis.call('HMGET', key, 'bl', 'bt', 'tl', 'tt', 'last', 'cu', 'jx', 'ja')
   return {
     bl = tonumber(r[1]), bt = tonumber(r[2]),
     tl = tonumber(r[3]), tt = tonumber(r[4]),
     last = tonumber(r[5]), cu = tonumber(r[6]),
+    jx = tonumber(r[7]), ja = tonumber(r[8]),
   }
 end
 
 -- Level of a bucket at ``now`` (a bucket never written yet is full). A stamp in the
--- future (see ``taken_stamp``) means the refill has not started yet.
+-- future (see ``taken``) means the refill has not started yet.
 local function level(lvl, stamp, rate, cap, now)
   if not lvl then
     return cap
@@ -92,18 +94,51 @@ local function level(lvl, stamp, rate, cap, now)
   return lvl
 end
 
--- The stamp to store after a take at ``now`` that left level ``lvl`` (before the take)
--- of capacity ``cap``: never moved back; with a margin, a take from a full bucket
--- starts the refill ``mg`` seconds later, as a provider's bucket whose clock starts
--- when the request arrives would (jitter up to the margin never lands early).
-local function taken_stamp(stamp, lvl, cap, mg, now)
-  if mg > 0 and (not stamp or stamp <= now) and lvl >= cap - EPS then
-    return now + mg * 1e6
+-- The jitter allowance (see limiter/bucket.py, whose constants are prepended to every
+-- script): what overruns added (us), decayed since it grew, halving every HALF_LIFE.
+local function extra_at(s, now)
+  if not s.jx or s.jx <= 0 then
+    return 0
   end
+  local age = 0
+  if s.ja and now > s.ja then
+    age = now - s.ja
+  end
+  return s.jx * 0.5 ^ (age / HALF_LIFE_US)
+end
+
+-- The allowance (us) an admission applies to one limit: the margin (``mg`` seconds; more
+-- when cold), capped where the limit cannot absorb it (``slack`` us of burst beyond one
+-- unit plus STEADY_COST of its ``interval``), plus what overruns added.
+local function allowance(c, s, interval, slack, now, cold)
+  local j = c.mg * 1e6
+  if cold then
+    j = j * (1 + COLD_FACTOR)
+  end
+  local top = slack + STEADY_COST * interval
+  if j > top then
+    j = top
+  end
+  return j + extra_at(s, now)
+end
+
+-- Take ``amount`` from a bucket at level ``lvl`` (at ``now``; refill paused until
+-- ``stamp``) of capacity ``cap`` and ``rate`` per us, with allowance ``j`` us. Within
+-- ``rate * j`` of full, the refill pauses until the level is where the provider's would
+-- be after the late arrival. Returns the new level and stamp.
+local function taken(lvl, stamp, cap, rate, j, amount, now)
+  local st = now
   if stamp and stamp > now then
-    return stamp
+    st = stamp
   end
-  return now
+  local excess = lvl - (cap - rate * j)
+  if excess > 0 then
+    local pause = now + excess / rate
+    if pause > st then
+      st = pause
+    end
+  end
+  return lvl - amount, st
 end
 
 -- Microseconds until ``deficit`` tokens have accrued (the refill may start later).
@@ -213,19 +248,28 @@ local function delay(L, units, tokens, now)
   return d
 end
 
--- Take what an admission costs (call ``delay`` first) and record the lease.
-local function take(L, lease, units, tokens, now, lease_ttl)
+-- Take what an admission costs (call ``delay`` first) and record the lease. ``cold``:
+-- the admitting process had nothing come back yet (new connections).
+local function take(L, lease, units, tokens, now, lease_ttl, cold)
   local c, s = L.cfg, L.st
+  local last = now
+  if c.mi > 0 then
+    local mi = c.mi * 1e6
+    last = now + allowance(c, s, mi, 0, now, cold)
+  end
   if c.rpm then
-    local _, cap = req_rate(c)
-    local stamp = taken_stamp(s.bt, L.bl, cap, c.mg, now)
-    redis.call('HSET', L.st_key, 'bl', fmt(L.bl - 1), 'bt', fmt(stamp), 'last', fmt(now))
+    local rate, cap = req_rate(c)
+    local j = allowance(c, s, 1 / rate, (cap - 1) / rate, now, cold)
+    local lvl, stamp = taken(L.bl, s.bt, cap, rate, j, 1, now)
+    redis.call('HSET', L.st_key, 'bl', fmt(lvl), 'bt', fmt(stamp), 'last', fmt(last))
   else
-    redis.call('HSET', L.st_key, 'last', fmt(now))
+    redis.call('HSET', L.st_key, 'last', fmt(last))
   end
   if c.tpm and tokens > 0 then
-    local stamp = taken_stamp(s.tt, L.tl, c.tpm, c.mg, now)
-    redis.call('HSET', L.st_key, 'tl', fmt(L.tl - tokens), 'tt', fmt(stamp))
+    local rate, cap = tok_rate(c)
+    local j = allowance(c, s, 1 / rate, (cap - 1) / rate, now, cold)
+    local lvl, stamp = taken(L.tl, s.tt, cap, rate, j, tokens, now)
+    redis.call('HSET', L.st_key, 'tl', fmt(lvl), 'tt', fmt(stamp))
   end
   redis.call('ZADD', L.leases, fmt(now + lease_ttl), lease .. '|' .. units)
 end
