@@ -46,7 +46,8 @@ __all__ = ["DEFAULT_COOLDOWN", "RateLimitAdapter"]
 _log = get_logger("ratelimit_sdk.adapter")
 
 #: Seconds of cooldown after a 429 whose headers name no wait at all (no
-#: ``Retry-After``, ``retry-after-ms`` or rate-limit reset). One second is what
+#: ``Retry-After``, ``retry-after-ms`` or rate-limit reset), on a limiter that
+#: paces nothing (one that paces waits for its next slot instead). One second is what
 #: Moonshot's "please try again after 1 seconds" asks for, and short enough that a
 #: guess costs little.
 DEFAULT_COOLDOWN: Final = 1.0
@@ -159,8 +160,11 @@ class RateLimitAdapter(requests.adapters.HTTPAdapter):
        put in :meth:`~ratelimit_sdk.Limiter.cooldown` for the wait the server names
        (``retry-after-ms``, else ``Retry-After`` in seconds or as an HTTP date, else
        the ``x-ratelimit-reset-*`` / ``anthropic-ratelimit-*-reset`` headers; dates
-       are read against ``clock.time()``), or :data:`DEFAULT_COOLDOWN` (1 s) when the
-       headers name none. ``Retry-After: 0`` means no cooldown. On a 2xx whose
+       are read against ``clock.time()``). When the headers name none (nginx's
+       default 429), a limiter that paces requests ran ahead of the server: its
+       jitter allowance widens and the cooldown lasts until its next slot
+       (:meth:`~ratelimit_sdk.Limiter.report_overrun`); one that only bounds
+       concurrency cools down for :data:`DEFAULT_COOLDOWN` (1 s). ``Retry-After: 0`` means no cooldown. On a 2xx whose
        rate-limit headers say a budget is used up (remaining 0 with a reset), the
        limiter cools down until the budget admits the next request
        (:func:`~ratelimit_sdk.classify.next_slot`: ``reset / limit`` when the
@@ -328,7 +332,7 @@ class RateLimitAdapter(requests.adapters.HTTPAdapter):
             # classify's 429 row reads retry-after-ms, Retry-After, then the reset headers.
             wait = classify(Reply(status, headers), now=now).retry_after
             if wait is None:
-                wait = DEFAULT_COOLDOWN
+                wait = self._unnamed_wait()
         elif status == _UNAVAILABLE:
             wait = server_wait(headers, now)
             if wait is None:
@@ -344,6 +348,18 @@ class RateLimitAdapter(requests.adapters.HTTPAdapter):
             _log.debug("%s: HTTP %d, cooling down %.3fs", _host(request), status, wait)
             self.limiter.cooldown(wait)
         return wait
+
+    def _unnamed_wait(self) -> float:
+        """The wait after a 429 that names none (nginx's default answer).
+
+        A limiter that paces requests ran ahead of the server: its jitter
+        allowance widens and the wait is until its next slot
+        (:meth:`~ratelimit_sdk.Limiter.report_overrun`). One that only bounds
+        concurrency cannot tell: :data:`DEFAULT_COOLDOWN`.
+        """
+        if self.limiter.paces:
+            return self.limiter.report_overrun()
+        return DEFAULT_COOLDOWN
 
     def _will_resend(self, request: requests.PreparedRequest, wait: float, resends: int) -> bool:
         """Whether a throttled answer is re-sent: one is left, the wait fits, the body rewinds."""

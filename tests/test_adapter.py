@@ -245,6 +245,20 @@ def test_cooldown_from_headers(
     assert limiter.cooldown_remaining() == pytest.approx(expected)
 
 
+def test_a_429_naming_no_wait_on_a_paced_limiter_waits_for_the_next_slot(
+    fake: FakeProvider,
+) -> None:
+    """nginx's 429 has no Retry-After: the wait is the limiter's next slot, not 1 s."""
+    limiter = MemoryLimiter(requests_per_minute=2400, burst=1, clock=FakeClock())  # 40/s
+    session = mounted(fake, RateLimitAdapter(limiter))
+    fake.script([Respond.status(429, {"error": {"message": "x"}}, {})])
+    assert post(session, fake).status_code == 429
+    # the next token (25 ms) plus the first, cold, admission's allowance (capped at 5 ms)
+    assert limiter.cooldown_remaining() == pytest.approx(0.03)
+    # and the allowance grew: the next request paces 5 ms wider
+    assert limiter._jitter.extra == pytest.approx(0.005)
+
+
 def test_http_date_retry_after_is_read_against_the_injected_clock(fake: FakeProvider) -> None:
     clock = FakeClock()
     limiter = MemoryLimiter(clock=clock)

@@ -368,6 +368,21 @@ class Limiter(abc.ABC):
         """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""
         raise _unimplemented(self, "cooldown")
 
+    @property
+    def paces(self) -> bool:
+        """Whether this limiter spaces requests in time (a rate, a spacing, a token budget).
+
+        A limiter that only bounds concurrency does not: a rate-limit refusal then
+        says nothing about its pacing (:meth:`report_overrun` has nothing to widen).
+        """
+        limits: dict[str, Any] = getattr(self, "limits", dict)()
+        return bool(
+            limits.get("requests_per_minute")
+            or limits.get("min_interval")
+            or limits.get("tokens_per_minute")
+            or limits.get("windows")
+        )
+
     def report_overrun(self) -> float:
         """The server refused a request this limiter paced: widen the jitter allowance.
 
