@@ -164,9 +164,9 @@ class RateLimitAdapter(requests.adapters.HTTPAdapter):
        default 429), a limiter that paces requests ran ahead of the server: its
        jitter allowance widens and the cooldown lasts until its next slot
        (:meth:`~ratelimit_sdk.Limiter.report_overrun`); one that only bounds
-       concurrency cools down for :data:`DEFAULT_COOLDOWN` (1 s). ``Retry-After: 0`` means no cooldown. On a 2xx whose
-       rate-limit headers say a budget is used up (remaining 0 with a reset), the
-       limiter cools down until the budget admits the next request
+       concurrency cools down for :data:`DEFAULT_COOLDOWN` (1 s). ``Retry-After: 0``
+       means no cooldown. On a 2xx whose rate-limit headers say a budget is used up
+       (remaining 0 with a reset), the limiter cools down until the budget admits the next request
        (:func:`~ratelimit_sdk.classify.next_slot`: ``reset / limit`` when the
        matching ``-limit`` header is there, since those resets count until the
        budget is whole again; else the whole reset), so the next request waits
