@@ -44,7 +44,7 @@ from .models import (
     Reply,
     Verdict,
 )
-from .providers import Provider, build_provider
+from .providers import Provider, build_provider, marking
 from .retry import PROBE_POLL, Backoff, Decision, Step, decide, run_attempts
 from .stream import ChatStream
 
@@ -268,6 +268,13 @@ class Admission:
         )
         self._recorded = True  # only now: an interrupt inside still gives the probe back
         return result
+
+    def sent_mark(self) -> Callable[[], None] | None:
+        """What the transport calls once the request is written (``None``: nothing to tell)."""
+        permit = self.permit
+        if permit is None or permit._allow == math.inf:
+            return None
+        return permit.mark_sent
 
     @property
     def token_ceiling(self) -> int | None:
@@ -527,7 +534,8 @@ class Guard:
                 return adm.refusal
             if request.stream:
                 return self._attempt_stream(adm, request, deadline)
-            verdict, completion, error = self._send(request, deadline, adm.admitted_at)
+            with marking(adm.sent_mark()):
+                verdict, completion, error = self._send(request, deadline, adm.admitted_at)
             verdict = self._from_send(verdict, adm.admitted_at)
             return adm.record(verdict, completion, retry_index=retry_index, error=error)
 
@@ -565,13 +573,14 @@ class Guard:
         left = max(0.001, deadline - self.clock.monotonic())
         timeouts = self.config.timeout
         try:
-            stream = self.provider.stream(
-                request,
-                connect_timeout=min(timeouts.connect, left),
-                read_timeout=min(timeouts.read, left),
-                time_left=left,
-                idle_timeout=timeouts.stream_idle,
-            )
+            with marking(adm.sent_mark()):
+                stream = self.provider.stream(
+                    request,
+                    connect_timeout=min(timeouts.connect, left),
+                    read_timeout=min(timeouts.read, left),
+                    time_left=left,
+                    idle_timeout=timeouts.stream_idle,
+                )
         except ProviderError as exc:
             return adm.record(classify_failure(exc), error=exc)
         if stream.reply is not None:  # not a stream: an error (or whole) answer to classify

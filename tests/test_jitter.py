@@ -253,3 +253,59 @@ def test_without_the_allowance_a_delay_makes_the_provider_refuse() -> None:
     delays = [0.005 if i % 2 == 0 else 0.0 for i in range(len(lim.starts))]
     arrivals = [t + d for t, d in zip(lim.starts, delays, strict=False)]
     assert server_refusals(arrivals, 40.0, 1) > 0
+
+
+# -- a request that leaves late --------------------------------------------------------
+
+
+def test_a_request_that_leaves_late_paces_the_next_from_its_departure() -> None:
+    clock = FakeClock()
+    lim = Recording(requests_per_minute=2400, burst=1, min_interval=0.025, clock=clock)
+    warm(lim, clock)
+    del lim.starts[:]
+    permit = lim.acquire()
+    clock.advance(0.02)  # the thread got the GIL 20 ms late: more than the 5 ms allowance
+    permit.mark_sent()
+    permit.mark_sent()  # once only
+    permit.release()
+    lim.acquire().release()
+    assert lim.starts[1] - lim.starts[0] == pytest.approx(0.02 + 0.025)
+
+
+def test_a_request_on_time_changes_nothing() -> None:
+    clock = FakeClock()
+    lim = Recording(requests_per_minute=2400, burst=1, clock=clock)
+    warm(lim, clock)
+    del lim.starts[:]
+    permit = lim.acquire()
+    clock.advance(0.004)  # within the allowance
+    permit.mark_sent()
+    permit.release()
+    lim.acquire().release()
+    assert lim.starts[1] - lim.starts[0] == pytest.approx(0.03)
+
+
+def test_the_transport_marks_each_request_sent_once() -> None:
+    """A real request through a Client: the watched connection tells the permit."""
+    from ratelimit_sdk import Client
+    from ratelimit_sdk.testing import FakeProvider
+
+    marks: list[float] = []
+    original = MemoryLimiter._mark_sent
+
+    def spy(self: MemoryLimiter, permit: object) -> None:
+        marks.append(1.0)
+        original(self, permit)  # type: ignore[arg-type]
+
+    with FakeProvider("p") as fake:
+        client = Client(
+            {"providers": [fake.provider_config(limits={"requests_per_minute": 6000, "burst": 5})]}
+        )
+        MemoryLimiter._mark_sent = spy  # type: ignore[method-assign]
+        try:
+            for _ in range(3):
+                client.chat("hi", timeout=10)
+        finally:
+            MemoryLimiter._mark_sent = original  # type: ignore[method-assign]
+            client.close()
+    assert marks == [1.0, 1.0, 1.0]

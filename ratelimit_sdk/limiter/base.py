@@ -176,7 +176,16 @@ class Permit:
     true) and mark them held in the same step that counts them.
     """
 
-    __slots__ = ("__weakref__", "_owner", "_released", "_settled", "tokens", "units")
+    __slots__ = (
+        "__weakref__",
+        "_allow",
+        "_at",
+        "_owner",
+        "_released",
+        "_settled",
+        "tokens",
+        "units",
+    )
 
     def __init__(self, owner: Limiter, units: int, tokens: int) -> None:
         self._released = False  # first: a permit cut short here has no owner to release
@@ -184,6 +193,8 @@ class Permit:
         self._owner = owner
         self.units = units
         self.tokens = tokens
+        self._at = 0.0  # when it was admitted (the owner's clock), for mark_sent
+        self._allow = math.inf  # the jitter allowance its admission assumed (inf: none)
 
     @property
     def released(self) -> bool:
@@ -209,6 +220,19 @@ class Permit:
         diff = tokens - self.tokens
         if diff:
             self._owner._settle(self, diff)
+
+    def mark_sent(self) -> None:
+        """The request this permit admitted is leaving now (call right after writing it).
+
+        The limiter allowed for a delay up to its jitter allowance between the
+        admission and the request reaching the provider; a request that leaves
+        later than that makes the limiter pace the next ones from now, so the
+        provider's limiter still holds. Cheap when on time (no lock); a no-op on a
+        limiter that paces nothing, on a released permit, or when called again.
+        The ``Client`` calls it for you.
+        """
+        if self._allow != math.inf and not self._released:
+            self._owner._mark_sent(self)
 
     def __enter__(self) -> Permit:
         return self
@@ -439,6 +463,9 @@ class Limiter(abc.ABC):
     def _settle(self, permit: Permit, diff: int) -> None:
         """Charge ``diff`` more LLM tokens (a refund when negative) for ``permit``."""
         raise _unimplemented(self, "_settle")
+
+    def _mark_sent(self, permit: Permit) -> None:  # noqa: B027 - optional, a no-op by default
+        """See :meth:`Permit.mark_sent` (default: nothing to correct)."""
 
     def _release_from_gc(self, permit: Permit) -> None:
         """Release a permit that was garbage-collected while held (no blocking on locks)."""

@@ -366,6 +366,7 @@ class MemoryLimiter(Limiter):
         self._jitter = JitterAllowance()
         self._warm = False  # a request came back since the limiter went idle
         self._last_take = -_INF
+        self._taken_allow = _INF  # the allowance of the latest take, for its permit
         self._build_buckets(now)
         self._pool: MemoryLimiter | None = None
         self._pool_units = 1
@@ -565,15 +566,20 @@ class MemoryLimiter(Limiter):
             self._warm = False
         self._last_take = now
         jitter, margin = self._jitter, self._margin
+        least = _INF  # the smallest allowance applied, for mark_sent
         if bucket is not None:
-            allow = jitter.for_limit(margin, 1.0 / bucket.rate, bucket.slack(), now, cold)
-            bucket.take(1.0, now, allow)
+            least = jitter.for_limit(margin, 1.0 / bucket.rate, bucket.slack(), now, cold)
+            bucket.take(1.0, now, least)
         if interval:
             # The spacing runs from the latest the request may reach the provider.
-            self._last_start = now + jitter.for_limit(margin, interval, 0.0, now, cold)
+            allow = jitter.for_limit(margin, interval, 0.0, now, cold)
+            self._last_start = now + allow
+            if allow < least:
+                least = allow
         if tbucket is not None and tokens:
             allow = jitter.for_limit(margin, 1.0 / tbucket.rate, tbucket.slack(), now, cold)
             tbucket.take(tokens, now, allow)
+        self._taken_allow = least
 
     def _check_request(self, units: int, tokens: int) -> None:
         check_units(units)
@@ -718,6 +724,8 @@ class MemoryLimiter(Limiter):
             in_flight, last_start = self._in_flight, self._last_start
             try:
                 self._take(permit.units, permit.tokens, now)
+                if self._interval:
+                    permit._at, permit._allow = now, self._taken_allow
                 permit._released = False
             except BaseException:
                 permit._released = True
@@ -734,6 +742,7 @@ class MemoryLimiter(Limiter):
         pool_saved = None if pool is None else pool._save()
         try:
             self._take(permit.units, permit.tokens, now)
+            permit._at, permit._allow = now, self._taken_allow
             if pool is not None and isinstance(permit, _PooledPermit):
                 pool._take(permit.pool_units, permit.tokens, now)
             permit._released = False
@@ -925,6 +934,28 @@ class MemoryLimiter(Limiter):
         for fn in self._listeners:
             fn()
 
+    def _mark_sent(self, permit: Permit) -> None:
+        """The request left ``late`` seconds after its admission: pace from its departure.
+
+        Only when it left later than the allowance its admission assumed: the
+        spacing then runs from now, and the bucket is charged as if the allowance
+        had been the real delay (``rate * (late - allowance)`` tokens more).
+        """
+        now = self.clock.monotonic()
+        late = now - permit._at
+        over = late - permit._allow
+        if over <= 0:
+            return
+        with self._group.lock:
+            if permit._allow == _INF:  # marked already (a second request of one permit)
+                return
+            permit._allow = _INF
+            if self._interval and now > self._last_start:
+                self._last_start = now
+            bucket = self._bucket
+            if bucket is not None:
+                bucket.level -= bucket.rate * over
+
     def _release_from_gc(self, permit: Permit) -> None:
         group = self._group
         # Parked first (one C call): whatever happens next, the next lock holder
@@ -1021,6 +1052,8 @@ class _LocalPermit(Permit):
         self._owner = owner
         self.units = units
         self.tokens = tokens
+        self._at = 0.0
+        self._allow = _INF
 
 
 class _PooledPermit(_LocalPermit):

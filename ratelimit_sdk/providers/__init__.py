@@ -7,6 +7,9 @@ decides what it means), or one of the two transport errors:
 :class:`~ratelimit_sdk.errors.ProviderConnectionError`. Nothing from ``requests`` or
 ``urllib3`` escapes; they are translated once, in ``_http``.
 
+The transport tells the admission when its request was written (:func:`marking`:
+the limiter paces from the real departure of a request that left late).
+
 Wire formats: :class:`OpenAICompatProvider` (``api="openai"``) and
 :class:`AnthropicProvider` (``api="anthropic"``); :func:`build_provider` picks one.
 """
@@ -19,6 +22,7 @@ from .._redact import register_secret
 from ..config import ProviderConfig
 from ..models import ChatRequest, Reply
 from ._http import MAX_BODY_BYTES, HTTPProvider, StreamReply
+from ._sent import marking
 from .anthropic import AnthropicProvider
 from .openai_compat import OpenAICompatProvider
 
@@ -30,6 +34,7 @@ __all__ = [
     "Provider",
     "StreamReply",
     "build_provider",
+    "marking",
 ]
 
 

@@ -38,6 +38,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from ..errors import ProviderTimeout
+from ._sent import request_sent
 
 __all__ = [
     "PHASE_ANSWER",
@@ -319,6 +320,10 @@ class _WatchedHTTPConnection(HTTPConnection):
         super().connect()
         _after_connect(self)
 
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        request_sent()
+
 
 class _WatchedHTTPSConnection(HTTPSConnection):
     watch: Watch | None = None
@@ -326,6 +331,10 @@ class _WatchedHTTPSConnection(HTTPSConnection):
     def connect(self) -> None:
         super().connect()
         _after_connect(self)
+
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        request_sent()
 
 
 class _WatchedPool:
