@@ -255,7 +255,6 @@ class Learner:
 
     def _conc_refused(self, c: _Concurrency, admitted: float | None) -> bool:
         c.value = _int_or(self._target.limits().get("max_concurrent"), c.value)
-        c.refused = True
         if admitted is not None and admitted < c.lowered_at:
             return True  # admitted above the limit before it was lowered
         if admitted is None and c.hold > 0:
@@ -270,8 +269,9 @@ class Learner:
         c.rounds_below = 0
         lowered = max(c.low, math.floor(refused_at * CONCURRENCY_DECREASE))
         if lowered >= refused_at:
+            c.refused = True  # this round is not clean
             return False
-        c.value, c.done, c.saturated = lowered, 0, False
+        c.value, c.done, c.saturated, c.refused = lowered, 0, False, False  # a new round
         c.hold = max(0, refused_at - 1 - lowered)
         c.lowered_at = self._clock.monotonic()
         self._set("max_concurrent", lowered)
