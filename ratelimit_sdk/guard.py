@@ -182,6 +182,7 @@ class Admission:
         "admitted_at",
         "permit",
         "probe",
+        "rate_saturated",
         "refusal",
         "saturated",
         "started",
@@ -214,6 +215,7 @@ class Admission:
         self.started = 0.0
         self.admitted_at = 0.0
         self.saturated = False
+        self.rate_saturated = False
 
     def __enter__(self) -> Admission:
         try:
@@ -254,8 +256,9 @@ class Admission:
         if self._cancel is not None and self._cancel.is_set():  # nothing new once cancelled
             raise Cancelled
         self.admitted_at = guard.clock.monotonic()
-        if guard.learner is not None:  # the limits were reached: a round that may teach more
-            self.saturated = not isinstance(got, Permit) or guard._full()
+        if guard.learner is not None:  # which limits were reached: only those may grow
+            self.saturated = guard._full()
+            self.rate_saturated = not isinstance(got, Permit) and bool(got.wait)
         guard._count_wait(self.admitted_at - self.started)
         self._held = guard.hooks.hold()  # no hook runs while this permit is held
 
@@ -848,13 +851,17 @@ class Guard:
         if learner is None:
             return False
         if verdict.outcome is Outcome.OK:
-            learner.succeeded(adm.saturated)
+            learner.succeeded(adm.saturated, adm.rate_saturated)
         elif verdict.outcome is Outcome.RATE_LIMITED:
             return learner.refused(verdict.limit, adm.admitted_at)
         return False
 
     def _full(self) -> bool:
-        """Whether this process holds as many permits as the concurrency limit allows."""
+        """Whether this process holds as many permits as the concurrency limit allows.
+
+        (With Redis, permits other processes hold do not count: a shared learned limit
+        grows only when one process alone fills it, slower but never past what was used.)
+        """
         limit = self.limiter.limits().get("max_concurrent")
         return limit is not None and self.limiter.in_flight >= limit
 

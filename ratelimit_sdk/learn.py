@@ -159,6 +159,9 @@ class Learner:
         if limits.max_concurrent == AUTO:
             value = _int_or(current.get("max_concurrent"), auto.first_concurrent())
             self._conc = _Concurrency(auto.min_concurrent, auto.max_concurrent, value)
+            # A value other than the start was learned already (another process, a reload):
+            # grow from it by one, never by doubling.
+            self._conc.slow_start = value == auto.first_concurrent()
         if limits.requests_per_minute == AUTO:
             rpm = _float_or(current.get("requests_per_minute"), auto.first_rpm())
             self._rate = _Rate(auto.min_rpm, auto.max_rpm, rpm, reference=rpm, since=now)
@@ -167,13 +170,20 @@ class Learner:
 
     # -- what the guard feeds ---------------------------------------------------------------
 
-    def succeeded(self, saturated: bool) -> None:
-        """One successful answer; ``saturated``: the limiter was full, or the admission waited."""
+    def succeeded(self, saturated: bool, rate_saturated: bool | None = None) -> None:
+        """One successful answer.
+
+        ``saturated``: the concurrency limit was reached when it was admitted (the
+        limiter was full, or the admission waited for a release).
+        ``rate_saturated``: the admission waited for the request rate (``None``: as
+        ``saturated``). Only limits that were reached may grow.
+        """
+        rated = saturated if rate_saturated is None else rate_saturated
         with self._lock:
             if self._conc is not None:
                 self._conc_success(self._conc, saturated)
             if self._rate is not None:
-                self._rate_success(self._rate, saturated)
+                self._rate_success(self._rate, rated)
 
     def refused(self, kind: LimitKind | None, admitted: float | None = None) -> bool:
         """A rate-limit refusal naming ``kind``; True if it was taken as a lesson.
