@@ -12,7 +12,13 @@ from typing import Any
 import pytest
 
 from ratelimit_sdk import Client
-from ratelimit_sdk.testing import FakeProvider, HiddenConcurrency, HiddenRate, OpenAIHeaders
+from ratelimit_sdk.testing import (
+    FakeProvider,
+    HiddenConcurrency,
+    HiddenRate,
+    LeakyBucket,
+    OpenAIHeaders,
+)
 
 RETRY = {"max_retries": 6, "base_delay": 0.05, "max_delay": 1.0}
 
@@ -92,3 +98,16 @@ def test_clients_sharing_redis_see_one_learned_value(redis_url: str, redis_key: 
                 assert a.stats()[fake.name].learned == learned_b
                 assert learned_b["max_concurrent"] <= 4
             assert learned_a["max_concurrent"] < 4 or learned_b["max_concurrent"] < 4
+
+
+def test_an_nginx_429_on_a_paced_provider_pauses_for_the_slot_not_the_backoff() -> None:
+    """nginx limit_req (no Retry-After) under our own pacing: no 1 s pause per refusal."""
+    delays: list[float] = []
+    with FakeProvider(shapes=[LeakyBucket(rate=20)], latency=0.01) as fake:
+        limits = {"requests_per_minute": 1200, "min_interval": 0.05}
+        retry = {"max_retries": 6, "base_delay": 1.0, "jitter": 0.0}
+        config = {"providers": [fake.provider_config(limits=limits, retry=retry)]}
+        with Client(config) as client:
+            client.on("rate_limited", lambda event: delays.append(event.delay or 0.0))
+            run_batch(client, fake, 30, workers=4)
+    assert all(delay < 0.5 for delay in delays), delays  # the backoff would be 1.0 s
