@@ -50,6 +50,7 @@ def test_a_hidden_concurrency_limit_is_learned() -> None:
         assert stats.learned is not None
         assert 2 <= stats.learned["max_concurrent"] <= 4  # 3, or one of its rare probes
         assert stats.ok == 200
+        assert f"conc=auto({stats.learned['max_concurrent']})" in client._repr_html_()
 
 
 def test_a_declared_request_rate_is_adopted() -> None:
