@@ -18,6 +18,7 @@ import logging
 from .adapter import RateLimitAdapter
 from .client import Client
 from .config import (
+    AutoLimits,
     BreakerConfig,
     ClientConfig,
     LimitsConfig,
@@ -55,6 +56,7 @@ __all__ = [
     "AcquireTimeout",
     "AllProvidersFailed",
     "Attempt",
+    "AutoLimits",
     "BackendError",
     "BadRequestError",
     "BreakerConfig",

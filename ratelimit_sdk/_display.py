@@ -16,7 +16,7 @@ __all__ = ["StatsTable", "stats_html"]
 
 _COLUMNS = (
     ("provider", lambda s: s.name),
-    ("limits", lambda s: _limits(s.limits)),
+    ("limits", lambda s: _limits(s.limits, s.learned)),
     ("in flight", lambda s: s.in_flight),
     ("queued", lambda s: s.queued),
     ("breaker", lambda s: s.breaker_state),
@@ -31,7 +31,7 @@ _COLUMNS = (
 )
 
 
-def _limits(limits: Mapping[str, Any]) -> str:
+def _limits(limits: Mapping[str, Any], learned: Mapping[str, float] | None = None) -> str:
     short = {
         "max_concurrent": "conc",
         "requests_per_minute": "rpm",
@@ -39,7 +39,16 @@ def _limits(limits: Mapping[str, Any]) -> str:
         "min_interval": "gap",
         "tokens_per_minute": "tpm",
     }
-    parts = [f"{label}={limits[key]:g}" for key, label in short.items() if limits.get(key)]
+    parts = []
+    for key, label in short.items():
+        value = limits.get(key)
+        if not value:
+            continue
+        if value == "auto":  # learned: show the value in force
+            known = (learned or {}).get(key)
+            parts.append(f"{label}=auto" + ("" if known is None else f"({known:g})"))
+        else:
+            parts.append(f"{label}={value:g}")
     return " ".join(parts) or "unlimited"
 
 

@@ -318,6 +318,7 @@ class Chain:
             pause=result.pause,
             throttles=walk.throttled.get(index, 0),
             later_free=later_free,
+            retry_wait=result.retry_wait,
         )
 
     def _free_later(self, walk: _Walk, index: int) -> bool:

@@ -46,16 +46,21 @@ from .errors import (
     QuotaExhaustedError,
     RateLimitedError,
 )
-from .models import BreakerVote, ErrorBody, Outcome, Reply, Verdict
+from .models import BreakerVote, ErrorBody, LimitKind, Outcome, Reply, Verdict
 
 __all__ = [
+    "CONCURRENCY_PATTERNS",
+    "LIMIT_CODES",
     "MAX_SERVER_WAIT",
+    "OVERLOAD_PATTERNS",
     "PROVIDER_CODES",
     "QUOTA_PATTERNS",
     "RATE_LIMIT_PATTERNS",
     "classify",
     "classify_failure",
+    "declared_limits",
     "error_for",
+    "limit_kind",
     "next_slot",
     "parse_duration",
     "parse_reset",
@@ -127,6 +132,35 @@ RATE_LIMIT_PATTERNS: Final[tuple[str, ...]] = (
     r"过载",  # overload
     r"限流",  # throttled
 )
+
+#: Which limit a ``rate_limited`` answer names, by error code or type (lower-case),
+#: read before the text: ``"concurrency"``, ``"rate"``, or ``None`` for an overloaded
+#: server (no limit of ours to learn). Add a row to teach it a new code.
+LIMIT_CODES: Final[Mapping[str, LimitKind | None]] = {
+    "1302": "concurrency",  # Zhipu: high concurrency
+    "1303": "rate",  # Zhipu: high frequency
+    "1305": None,  # Zhipu: service overloaded
+    "engine_overloaded_error": None,  # Moonshot
+    "overloaded_error": None,  # Anthropic
+}
+
+#: Text of a ``rate_limited`` answer that means "too many requests in flight"
+#: (Moonshot's "max organization concurrency: 4"). Read after LIMIT_CODES.
+CONCURRENCY_PATTERNS: Final[tuple[str, ...]] = (
+    r"concurren(?:cy|t)",
+    r"并发",  # concurrency
+)
+
+#: Text of a ``rate_limited`` answer that means the server is overloaded (no limit
+#: of ours). Any other rate-limit answer counts as a ``"rate"`` refusal.
+OVERLOAD_PATTERNS: Final[tuple[str, ...]] = (
+    r"overload",
+    r"过载",  # overload
+)
+
+_CONCURRENCY_TEXT = re.compile("|".join(CONCURRENCY_PATTERNS), re.IGNORECASE)
+_OVERLOAD_TEXT = re.compile("|".join(OVERLOAD_PATTERNS), re.IGNORECASE)
+_NOT_FOUND: Final = object()
 
 _QUOTA_TEXT = re.compile("|".join(QUOTA_PATTERNS), re.IGNORECASE)
 _RATE_LIMIT_TEXT = re.compile("|".join(RATE_LIMIT_PATTERNS), re.IGNORECASE)
@@ -418,6 +452,50 @@ def next_slot(headers: Mapping[str, str], now: float) -> float | None:
     return max(waits) if waits else None
 
 
+def declared_limits(
+    headers: Mapping[str, str], now: float
+) -> dict[str, tuple[float, float | None, float | None]]:
+    """The limits a server declares: ``{"requests"|"tokens": (limit, remaining, reset)}``.
+
+    Reads ``x-ratelimit-limit-<kind>`` with ``-remaining-<kind>`` and ``-reset-<kind>``
+    (OpenAI, Moonshot and most OpenAI-compatible servers) and
+    ``anthropic-ratelimit-<kind>-limit|remaining|reset``. ``limit`` is a finite
+    number > 0 (anything else is not a declaration); ``remaining`` and ``reset``
+    (seconds from ``now``) are ``None`` when absent or unreadable. Never raises.
+    """
+    lowered = _lower(headers)
+    found: dict[str, tuple[float, float | None, float | None]] = {}
+    for kind in ("requests", "tokens"):
+        for limit_name, remaining_name, reset_name in (
+            (
+                f"x-ratelimit-limit-{kind}",
+                f"x-ratelimit-remaining-{kind}",
+                f"x-ratelimit-reset-{kind}",
+            ),
+            (
+                f"anthropic-ratelimit-{kind}-limit",
+                f"anthropic-ratelimit-{kind}-remaining",
+                f"anthropic-ratelimit-{kind}-reset",
+            ),
+        ):
+            limit = _header_number(lowered.get(limit_name))
+            if limit is None or not limit > 0:
+                continue
+            reset_value = lowered.get(reset_name)
+            reset = parse_reset(reset_value, now) if isinstance(reset_value, str) else None
+            found[kind] = (limit, _header_number(lowered.get(remaining_name)), reset)
+            break
+    return found
+
+
+def _header_number(value: object) -> float | None:
+    """A header's finite number, or ``None``."""
+    if not isinstance(value, str) or len(value) > _MAX_HEADER_VALUE:
+        return None
+    number = _number(value.strip())
+    return number if number is not None and math.isfinite(number) else None
+
+
 def _earliest_reset(headers: Mapping[str, str], now: float) -> float | None:
     """Return the earliest reset any budget announces, exhausted or not (a best guess).
 
@@ -451,6 +529,25 @@ def _code_outcome(error: ErrorBody | None) -> Outcome | None:
             if outcome is not None:
                 return outcome
     return None
+
+
+def limit_kind(error: ErrorBody | None, text: str) -> LimitKind | None:
+    """Which limit a rate-limit answer names: :data:`LIMIT_CODES`, then the text.
+
+    ``"concurrency"`` for :data:`CONCURRENCY_PATTERNS`, ``None`` for
+    :data:`OVERLOAD_PATTERNS`, else ``"rate"``.
+    """
+    if error is not None:
+        for field in (error.code, error.type):
+            if field:
+                kind = LIMIT_CODES.get(str(field).strip().lower(), _NOT_FOUND)
+                if kind is not _NOT_FOUND:
+                    return kind  # type: ignore[return-value]
+    if _CONCURRENCY_TEXT.search(text):
+        return "concurrency"
+    if _OVERLOAD_TEXT.search(text):
+        return None
+    return "rate"
 
 
 def _text_wait(text: str) -> float | None:
@@ -557,6 +654,7 @@ def classify(reply: Reply, *, now: float) -> Verdict:
             message=message,
             code=code,
             status=status,
+            limit=limit_kind(reply.error, text),
         )
     if throttle is Outcome.QUOTA_EXHAUSTED:
         reset = _positive(remaining_reset(headers, now))

@@ -292,11 +292,14 @@ def _limits_text(limits: LimitsConfig) -> str:
     if limits.max_concurrent is not None:
         parts.append(f"{limits.max_concurrent} in flight")
     if limits.requests_per_minute is not None:
-        parts.append(f"{limits.requests_per_minute:g}/min (burst {limits.burst or 1})")
+        rpm = limits.requests_per_minute
+        shown = rpm if isinstance(rpm, str) else f"{rpm:g}"
+        parts.append(f"{shown}/min (burst {limits.burst or 1})")
     if limits.min_interval:
         parts.append(f"{limits.min_interval:g}s apart")
     if limits.tokens_per_minute is not None:
-        parts.append(f"{limits.tokens_per_minute:g} tokens/min")
+        tpm = limits.tokens_per_minute
+        parts.append(f"{tpm if isinstance(tpm, str) else format(tpm, 'g')} tokens/min")
     if limits.max_queue_wait is not None:
         parts.append(f"queue at most {limits.max_queue_wait:g}s")
     return ", ".join(parts) if parts else "no limits"

@@ -54,6 +54,8 @@ from ._redact import redact, redact_url
 from .errors import ConfigError
 
 __all__ = [
+    "AUTO",
+    "AutoLimits",
     "BreakerConfig",
     "ClientConfig",
     "FrozenDict",
@@ -188,18 +190,87 @@ class _Model(BaseModel):
         return copied.model_copy(deep=True) if deep else copied
 
 
+#: The value of a limit learned while running (``max_concurrent``,
+#: ``requests_per_minute``, ``tokens_per_minute``); see :class:`AutoLimits`.
+AUTO: Literal["auto"] = "auto"
+
+_Auto = Literal["auto"]
+_PositiveInt = Annotated[int, Field(gt=0)]
+_PositiveFloat = Annotated[float, Field(gt=0)]
+
+
+class AutoLimits(_Model):
+    """Bounds and start values of the limits set to ``"auto"`` (learned while running).
+
+    A learned value stays within ``[min_*, max_*]``; an explicit number in
+    :class:`LimitsConfig` is never changed. Only the fields of the limits set to
+    ``"auto"`` are used. Immutable; change it with ``model_copy(update={...})``.
+    """
+
+    min_concurrent: int = Field(default=1, gt=0, description="Lowest learned concurrency.")
+    max_concurrent: int = Field(default=64, gt=0, description="Highest learned concurrency.")
+    start_concurrent: int | None = Field(
+        default=None,
+        gt=0,
+        description="Concurrency before anything is learned (None: 4, within the bounds).",
+    )
+    min_rpm: float = Field(default=1.0, gt=0, description="Lowest learned requests per minute.")
+    max_rpm: float = Field(
+        default=6000.0, gt=0, description="Highest learned (or adopted) requests per minute."
+    )
+    start_rpm: float | None = Field(
+        default=None,
+        gt=0,
+        description="Requests per minute before anything is learned (None: max_rpm).",
+    )
+    min_tpm: float = Field(default=1000.0, gt=0, description="Lowest adopted tokens per minute.")
+    max_tpm: float = Field(
+        default=100_000_000.0, gt=0, description="Highest adopted tokens per minute."
+    )
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> AutoLimits:
+        for low, high, start in (
+            ("min_concurrent", "max_concurrent", "start_concurrent"),
+            ("min_rpm", "max_rpm", "start_rpm"),
+            ("min_tpm", "max_tpm", None),
+        ):
+            lo, hi = getattr(self, low), getattr(self, high)
+            if lo > hi:
+                raise ConfigError(f"{low}: {lo!r} is more than {high} ({hi!r})", field=low)
+            first = None if start is None else getattr(self, start)
+            if first is not None and not lo <= first <= hi:
+                raise ConfigError(f"{start}: {first!r} is outside [{lo!r}, {hi!r}]", field=start)
+        return self
+
+    def first_concurrent(self) -> int:
+        """The concurrency limit in force before anything is learned."""
+        start = 4 if self.start_concurrent is None else self.start_concurrent
+        return max(self.min_concurrent, min(self.max_concurrent, start))
+
+    def first_rpm(self) -> float:
+        """The requests per minute in force before anything is learned."""
+        return self.max_rpm if self.start_rpm is None else self.start_rpm
+
+
 class LimitsConfig(_Model):
     """Admission limits of one provider (or of a shared pool).
 
     ``None`` means "no such limit". The token bucket starts full.
+    ``"auto"`` (``max_concurrent``, ``requests_per_minute``, ``tokens_per_minute``;
+    providers only) means "learn it while running", within the bounds of ``auto``.
     Immutable; change it with ``model_copy(update={...})``.
     """
 
-    max_concurrent: int | None = Field(
-        default=None, gt=0, description="Requests (concurrency units) in flight at once."
+    max_concurrent: _PositiveInt | _Auto | None = Field(
+        default=None,
+        description='Requests (concurrency units) in flight at once ("auto": learned from '
+        "the server's concurrency refusals).",
     )
-    requests_per_minute: float | None = Field(
-        default=None, gt=0, description="Token-bucket refill rate, requests per minute."
+    requests_per_minute: _PositiveFloat | _Auto | None = Field(
+        default=None,
+        description='Token-bucket refill rate, requests per minute ("auto": the rate the '
+        "server declares in its headers, else learned from its rate-limit refusals).",
     )
     burst: int | None = Field(
         default=None,
@@ -209,10 +280,10 @@ class LimitsConfig(_Model):
     min_interval: float = Field(
         default=0.0, ge=0, description="Seconds between consecutive request starts (0: none)."
     )
-    tokens_per_minute: float | None = Field(
+    tokens_per_minute: _PositiveFloat | _Auto | None = Field(
         default=None,
-        gt=0,
-        description="LLM token budget per minute; a weighted bucket holding one minute's worth.",
+        description="LLM token budget per minute; a weighted bucket holding one minute's worth "
+        '("auto": the budget the server declares in its headers; none until it does).',
     )
     max_queue_wait: float | None = Field(
         default=None,
@@ -240,14 +311,34 @@ class LimitsConfig(_Model):
         "Widens by itself when the provider refuses a paced request (0: none).",
     )
 
+    auto: AutoLimits = Field(
+        default_factory=AutoLimits,
+        description='Bounds and start values of the limits set to "auto".',
+    )
+
+    def auto_fields(self) -> tuple[str, ...]:
+        """The names of the limits set to ``"auto"`` (empty: nothing is learned)."""
+        return tuple(
+            name
+            for name in ("max_concurrent", "requests_per_minute", "tokens_per_minute")
+            if getattr(self, name) == AUTO
+        )
+
     def limiter_kwargs(self) -> dict[str, Any]:
-        """Return the fields a :class:`~ratelimit_sdk.limiter.Limiter` takes, as keywords."""
+        """Return the fields a :class:`~ratelimit_sdk.limiter.Limiter` takes, as keywords.
+
+        A limit set to ``"auto"`` is given its start value (see :class:`AutoLimits`).
+        """
+        auto = self.auto
+        mx = self.max_concurrent
+        rpm = self.requests_per_minute
+        tpm = self.tokens_per_minute
         return {
-            "max_concurrent": self.max_concurrent,
-            "requests_per_minute": self.requests_per_minute,
+            "max_concurrent": auto.first_concurrent() if mx == AUTO else mx,
+            "requests_per_minute": auto.first_rpm() if rpm == AUTO else rpm,
             "burst": self.burst,
             "min_interval": self.min_interval,
-            "tokens_per_minute": self.tokens_per_minute,
+            "tokens_per_minute": None if tpm == AUTO else tpm,
             "margin": self.safety_margin,
         }
 
@@ -501,6 +592,13 @@ class ClientConfig(_Model):
                 if member in listed:
                     raise ConfigError(f"{field}: provider {member!r} is listed twice", field=field)
                 listed.add(member)
+        for pool_name, limits in self.pools.items():
+            if limits.auto_fields():
+                field = f"pools.{pool_name}.{limits.auto_fields()[0]}"
+                raise ConfigError(
+                    f'{field}: "auto" is learned per provider, not for a pool; give a number',
+                    field=field,
+                )
         for provider in self.providers:
             if provider.pool is None:
                 continue
@@ -511,7 +609,7 @@ class ClientConfig(_Model):
                 raise ConfigError(
                     f"{field}: unknown pool {provider.pool!r} (known: {known})", field=field
                 )
-            if pool.max_concurrent is not None and provider.pool_units > pool.max_concurrent:
+            if isinstance(pool.max_concurrent, int) and provider.pool_units > pool.max_concurrent:
                 field = f"providers[{provider.name}].pool_units"
                 raise ConfigError(
                     f"{field}: {provider.pool_units} is more than pool {provider.pool!r} "
@@ -724,6 +822,10 @@ def _show_input(loc: tuple[Any, ...], value: Any, error_type: str) -> str:
     return f" (got {text})"
 
 
+#: How pydantic names the members of a union in an error's location.
+_UNION_TAGS = ("constrained-int", "constrained-float", "literal[", "int", "float")
+
+
 def translate_validation_error(
     exc: ValidationError, source: Mapping[str, Any] | None = None
 ) -> ConfigError:
@@ -741,9 +843,19 @@ def translate_validation_error(
         error_type = str(error.get("type", ""))
         cause = (error.get("ctx") or {}).get("error")
         if isinstance(cause, ConfigError):  # our own model-level checks
-            first_field = first_field or cause.field
-            lines.append(str(cause))
+            where = _field_path(loc, names)
+            if where and cause.field:  # a nested model's check names its own field
+                first_field = first_field or f"{where}.{cause.field}"
+                lines.append(f"{where}.{cause}")
+            else:
+                first_field = first_field or cause.field
+                lines.append(str(cause))
             continue
+        if any(isinstance(part, str) and part.startswith(_UNION_TAGS) for part in loc):
+            # One member of a "number or 'auto'" union: report the number's complaint once.
+            if error_type == "literal_error":
+                continue
+            loc = tuple(p for p in loc if not (isinstance(p, str) and p.startswith(_UNION_TAGS)))
         field = _field_path(loc, names) or "config"
         first_field = first_field or field
         message = str(error.get("msg", "invalid value"))

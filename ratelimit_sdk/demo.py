@@ -108,6 +108,16 @@ def scale_config(config: ClientConfig, speed: float) -> ClientConfig:
     )
 
 
+def _num(value: float | str | None) -> float | None:
+    """A limit as a number (``"auto"``, learned while running, counts as none here)."""
+    return None if isinstance(value, str) else value
+
+
+def _whole(value: int | str | None) -> int | None:
+    """A whole-number limit (``"auto"``, learned while running, counts as none here)."""
+    return None if isinstance(value, str) else value
+
+
 def _scale_limits(limits: LimitsConfig, speed: float) -> LimitsConfig:
     def times(value: float | None) -> float | None:
         return None if value is None else value * speed
@@ -117,8 +127,8 @@ def _scale_limits(limits: LimitsConfig, speed: float) -> LimitsConfig:
 
     return limits.model_copy(
         update={
-            "requests_per_minute": times(limits.requests_per_minute),
-            "tokens_per_minute": times(limits.tokens_per_minute),
+            "requests_per_minute": times(_num(limits.requests_per_minute)),
+            "tokens_per_minute": times(_num(limits.tokens_per_minute)),
             "min_interval": limits.min_interval / speed,
             "max_queue_wait": over(limits.max_queue_wait),
             "quota_cooldown": limits.quota_cooldown / speed,
@@ -150,8 +160,8 @@ def _fake_for(pc: ProviderConfig, latency: float, *, faults: bool, seed: int) ->
     fake = FakeProvider(
         pc.name,
         model=pc.model,
-        max_concurrency=limits.max_concurrent,
-        requests_per_minute=_server_rate(limits.requests_per_minute),
+        max_concurrency=_whole(limits.max_concurrent),
+        requests_per_minute=_server_rate(_num(limits.requests_per_minute)),
         burst=limits.burst,
         latency=latency,
         seed=seed,
@@ -179,12 +189,13 @@ def _starts_by(limits: LimitsConfig, latency: float, t: float) -> float:
         return 0.0
     eps = 1e-9
     bounds = [math.inf]
-    if limits.requests_per_minute is not None:
-        bounds.append(math.floor((limits.burst or 1) + limits.requests_per_minute / 60.0 * t + eps))
+    rpm, most = _num(limits.requests_per_minute), _whole(limits.max_concurrent)
+    if rpm is not None:
+        bounds.append(math.floor((limits.burst or 1) + rpm / 60.0 * t + eps))
     if limits.min_interval > 0:
         bounds.append(math.floor(t / limits.min_interval + eps) + 1)
-    if limits.max_concurrent is not None and latency > 0:
-        bounds.append(limits.max_concurrent * (math.floor(t / latency + eps) + 1))
+    if most is not None and latency > 0:
+        bounds.append(most * (math.floor(t / latency + eps) + 1))
     return min(bounds)
 
 
@@ -203,7 +214,8 @@ def _capacity(config: ClientConfig, latencies: Mapping[str, float], horizon: flo
         pool = config.pools[pool_name]
         shortest = min(latencies[p.name] for p in config.providers if p.pool == pool_name)
         allowed = _starts_by(pool, 0.0, horizon - shortest)  # the pool's own rate, if any
-        budget = math.inf if pool.max_concurrent is None else pool.max_concurrent * horizon
+        pool_max = _whole(pool.max_concurrent)
+        budget = math.inf if pool_max is None else pool_max * horizon
         taken = 0.0
         for cost, count in sorted(entries):  # cheapest first maximises the count
             fits = count if cost <= 0 or math.isinf(budget) else min(count, budget // cost)
@@ -445,7 +457,7 @@ def _report(
         fake = fleet[pc.name]
         st = stats[pc.name]
         server_429 = fake.statuses[429]
-        limit = pc.limits.max_concurrent
+        limit = _whole(pc.limits.max_concurrent)
         if server_429:
             problems.append(f"{pc.name} answered {server_429} 429s")
         if limit is not None and fake.max_in_flight_seen > limit:
@@ -473,7 +485,7 @@ def _report(
         pool_peak = _pool_units_max(
             [fleet[p.name] for p in members], {p.name: p.pool_units for p in members}
         )
-        pool_limit = pool.max_concurrent
+        pool_limit = _whole(pool.max_concurrent)
         if pool_limit is not None and pool_peak > pool_limit:
             problems.append(f"pool {pool_name!r} saw {pool_peak} units in use (limit {pool_limit})")
     return DemoReport(

@@ -32,6 +32,7 @@ from .clock import Clock
 from .config import ClientConfig, LimitsConfig, ProviderConfig
 from .errors import AcquireTimeout, CircuitOpenError, ProviderError, RateLimitSDKError
 from .hooks import Event, Held, Hooks
+from .learn import Learner, learner_for
 from .limiter import Limiter, Permit, from_backend
 from .models import (
     Attempt,
@@ -79,6 +80,11 @@ class AttemptResult:
     without asking anybody: for a skip, why it was skipped and for how long; for an
     attempt that set a cooldown or opened the breaker, that pause; ``None`` when the
     attempt left the provider open for business.
+
+    ``retry_wait``: seconds a retry here waits instead of the backoff (``None``: the
+    backoff): a paced provider's next slot after an overrun, or ``0.0`` after a
+    concurrency refusal that lowered a learned limit (the limiter makes the retry
+    wait for a release).
     """
 
     attempt: Attempt
@@ -86,6 +92,7 @@ class AttemptResult:
     completion: Completion | None = None
     stream: ChatStream | None = None
     pause: Availability | None = None
+    retry_wait: float | None = None
 
     @property
     def outcome(self) -> Outcome:
@@ -175,7 +182,9 @@ class Admission:
         "admitted_at",
         "permit",
         "probe",
+        "rate_saturated",
         "refusal",
+        "saturated",
         "started",
     )
 
@@ -205,6 +214,8 @@ class Admission:
         self.refusal: AttemptResult | None = None
         self.started = 0.0
         self.admitted_at = 0.0
+        self.saturated = False
+        self.rate_saturated = False
 
     def __enter__(self) -> Admission:
         try:
@@ -245,6 +256,9 @@ class Admission:
         if self._cancel is not None and self._cancel.is_set():  # nothing new once cancelled
             raise Cancelled
         self.admitted_at = guard.clock.monotonic()
+        if guard.learner is not None:  # which limits were reached: only those may grow
+            self.saturated = guard._full()
+            self.rate_saturated = not isinstance(got, Permit) and bool(got.wait)
         guard._count_wait(self.admitted_at - self.started)
         self._held = guard.hooks.hold()  # no hook runs while this permit is held
 
@@ -264,7 +278,7 @@ class Admission:
             used = max(0, min(completion.usage.total_tokens, self._ceiling))
             self.permit.settle(tokens=used)
         result = self._guard._record(
-            verdict, completion, self.probe, self.started, retry_index, error
+            verdict, completion, self.probe, self.started, retry_index, error, self
         )
         self._recorded = True  # only now: an interrupt inside still gives the probe back
         return result
@@ -361,6 +375,7 @@ class Guard:
         self._set_budgets()
         self._counters = _Counters()
         self._closed = False
+        self.learner: Learner | None = self._make_learner(config.limits)
 
     # -- state the chain reads ----------------------------------------------------------
 
@@ -555,6 +570,8 @@ class Guard:
         except ProviderError as exc:  # the transport's own error names its cause: keep it
             return classify_failure(exc), None, exc
         verdict = classify(reply, now=self.clock.time())
+        if self.learner is not None:
+            self.learner.observe(reply.headers)
         return verdict, (reply.completion if verdict.outcome is Outcome.OK else None), None
 
     def _from_send(self, verdict: Verdict, admitted: float) -> Verdict:
@@ -586,6 +603,8 @@ class Guard:
         if stream.reply is not None:  # not a stream: an error (or whole) answer to classify
             stream.close()
             verdict = classify(stream.reply, now=self.clock.time())
+            if self.learner is not None:
+                self.learner.observe(stream.reply.headers)
             completion = stream.reply.completion if verdict.outcome is Outcome.OK else None
             return adm.record(verdict, completion)
         # Read up to the first text chunk: until then, a failure is an ordinary attempt
@@ -654,6 +673,7 @@ class Guard:
                         retry_same=True,
                         retry_after=throttle or None,
                         cooldown=throttle or None,
+                        limit="rate",
                     )
                 result = adm.record(verdict, retry_index=retry_index, error=exc)
                 return CallResult(result, error=exc)
@@ -692,6 +712,7 @@ class Guard:
                 time_left=deadline - self.clock.monotonic(),
                 retry_after=getattr(error, "retry_after", None),
                 pause=done.result.pause,
+                retry_wait=done.result.retry_wait,
             )
 
         def on_retry(done: CallResult[T], decided: Decision, retries: int) -> None:
@@ -727,13 +748,15 @@ class Guard:
         started: float,
         retry_index: int,
         error: BaseException | None = None,
+        admission: Admission | None = None,
     ) -> AttemptResult:
         """Pause, count and report one attempt (the permit is still held)."""
         outcome = verdict.outcome
         if error is None and outcome is not Outcome.OK:
             error = error_for(verdict, self.name)
+        learned = False if admission is None else self._learn(verdict, admission)
         # Pause the provider before the permit goes back, or a queued caller slips in.
-        cooldown = self._cooldown_for(verdict, retry_index)
+        cooldown, retry_wait = self._cooldown_for(verdict, retry_index, learned)
         if cooldown:
             self.limiter.cooldown(cooldown)
         self.breaker.record(verdict.breaker, probe, error)
@@ -761,6 +784,7 @@ class Guard:
             verdict=verdict,
             completion=completion,
             pause=self._pause_after(outcome, cooldown),
+            retry_wait=retry_wait,
         )
 
     def _pause_after(self, outcome: Outcome, cooldown: float) -> Availability | None:
@@ -783,15 +807,72 @@ class Guard:
             else:
                 counters.errors += 1
 
-    def _cooldown_for(self, verdict: Verdict, retry_index: int) -> float:
-        """The pause ``verdict`` calls for, never longer than :data:`MAX_SERVER_WAIT` (a day)."""
+    def _cooldown_for(
+        self, verdict: Verdict, retry_index: int, learned: bool = False
+    ) -> tuple[float, float | None]:
+        """The pause ``verdict`` calls for, and the retry wait that replaces the backoff.
+
+        The pause is at most :data:`MAX_SERVER_WAIT` (a day); the retry wait is
+        ``None`` when the backoff applies. A rate-limit refusal that lowered a
+        learned concurrency limit pauses nothing (the lower limit paces; the retry
+        waits for a release). One that names no wait, on a provider whose rate we
+        pace, means our pacing ran ahead of the server: the limiter widens its
+        allowance, and the pause and the retry last until its next slot.
+        """
         if verdict.outcome is Outcome.RATE_LIMITED:
+            if learned and verdict.limit == "concurrency":
+                return 0.0, 0.0
+            if verdict.limit == "rate" and not verdict.cooldown and self._paced():
+                slot = min(max(0.0, self.limiter.report_overrun()), MAX_SERVER_WAIT)
+                return slot, slot
             wait = self.backoff.cooldown_for(retry_index, verdict.cooldown)
         elif verdict.outcome is Outcome.QUOTA_EXHAUSTED:
             wait = verdict.cooldown or self.config.limits.quota_cooldown
         else:
             wait = verdict.cooldown or 0.0
-        return min(wait, MAX_SERVER_WAIT)
+        return min(wait, MAX_SERVER_WAIT), None
+
+    def _paced(self) -> bool:
+        """Whether the limiter paces this provider's rate (a bucket, spacing or windows)."""
+        limits = self.limiter.limits()
+        return bool(
+            limits.get("requests_per_minute")
+            or limits.get("min_interval")
+            or limits.get("tokens_per_minute")
+            or limits.get("windows")
+        )
+
+    # -- learned limits -------------------------------------------------------------------
+
+    def _make_learner(self, limits: LimitsConfig) -> Learner | None:
+        """The learner of this provider's ``"auto"`` limits (``None``: nothing is learned)."""
+
+        def changed(field: str, old: float, new: float) -> None:
+            self._emit(Event("learned", self.name, state=f"{field}={new:g}"))
+
+        return learner_for(
+            self.limiter, limits, clock=self.clock, name=self.name, on_change=changed
+        )
+
+    def _learn(self, verdict: Verdict, adm: Admission) -> bool:
+        """Tell the learner about an answer; True when a refusal was taken as its lesson."""
+        learner = self.learner
+        if learner is None:
+            return False
+        if verdict.outcome is Outcome.OK:
+            learner.succeeded(adm.saturated, adm.rate_saturated)
+        elif verdict.outcome is Outcome.RATE_LIMITED:
+            return learner.refused(verdict.limit, adm.admitted_at)
+        return False
+
+    def _full(self) -> bool:
+        """Whether this process holds as many permits as the concurrency limit allows.
+
+        (With Redis, permits other processes hold do not count: a shared learned limit
+        grows only when one process alone fills it, slower but never past what was used.)
+        """
+        limit = self.limiter.limits().get("max_concurrent")
+        return limit is not None and self.limiter.in_flight >= limit
 
     def count_retry(self) -> None:
         """Count one retry on this provider (the chain decides them)."""
@@ -841,6 +922,7 @@ class Guard:
             wait_p95=_percentile(waits, 0.95),
             limits=self.config.limits.model_dump(),
             shared=shared,
+            learned=None if self.learner is None else self.learner.learned(),
             **figures,
         )
 
@@ -850,7 +932,12 @@ class Guard:
         ``pool_limits``: the limits of the pool this provider draws from, as now
         configured. A changed ``pool_units`` applies to the requests admitted from now on.
         """
-        self.limiter.update(**config.limits.limiter_kwargs())
+        limits = config.limits.limiter_kwargs()
+        if self.learner is not None:  # keep what was learned for the limits still "auto"
+            learned = self.learner.learned()
+            limits.update((k, v) for k, v in learned.items() if k in config.limits.auto_fields())
+        self.limiter.update(**limits)
+        self.learner = self._make_learner(config.limits)
         if config.pool is not None and config.pool_units != self.config.pool_units:
             self.limiter.pool_units = config.pool_units  # type: ignore[attr-defined]
         self.breaker.reconfigure(config.breaker)
@@ -953,13 +1040,20 @@ def build_guards(
         guards[pc.name] = Guard(
             pc,
             limiter=limiter,
-            provider=build_provider(pc, api_key=api_key, pool_size=pc.limits.max_concurrent),
+            provider=build_provider(pc, api_key=api_key, pool_size=_pool_size(pc.limits)),
             breaker=Breaker(pc.name, pc.breaker, storage=storage, on_change=on_change),
             clock=clock,
             hooks=hooks,
             pool_limits=None if pc.pool is None else config.pools[pc.pool],
         )
     return guards
+
+
+def _pool_size(limits: LimitsConfig) -> int | None:
+    """Connections to keep for a provider: its concurrency limit (learned: the upper bound)."""
+    if isinstance(limits.max_concurrent, int):
+        return limits.max_concurrent
+    return None if limits.max_concurrent is None else limits.auto.max_concurrent
 
 
 def _backend_options(config: ClientConfig) -> dict[str, Any]:

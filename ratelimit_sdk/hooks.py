@@ -12,6 +12,8 @@ happens in the data path:
 ``cooldown``        a provider's limiter was put in cooldown
 ``breaker_open``    a provider's breaker opened (also ``breaker_close``,
                     ``breaker_half_open``)
+``learned``         a limit set to ``"auto"`` changed (``state``:
+                    ``"max_concurrent=3"``)
 ==================  ======================================================
 
 A hook that raises is logged (with its traceback) and ignored: it never breaks
@@ -50,6 +52,7 @@ EVENTS = frozenset(
         "breaker_open",
         "breaker_close",
         "breaker_half_open",
+        "learned",
     }
 )
 

@@ -12,7 +12,7 @@ import difflib
 import enum
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, TypedDict
+from typing import Any, Literal, TypedDict
 
 __all__ = [
     "CHAT_PARAMS",
@@ -24,6 +24,7 @@ __all__ = [
     "ChatResponse",
     "Completion",
     "ErrorBody",
+    "LimitKind",
     "LimiterSnapshot",
     "Outcome",
     "ProviderStats",
@@ -32,6 +33,9 @@ __all__ = [
     "Verdict",
     "check_keywords",
 ]
+
+#: Which server limit refused a request: too many in flight, or too many per unit of time.
+LimitKind = Literal["concurrency", "rate"]
 
 
 class Outcome(str, enum.Enum):
@@ -211,7 +215,10 @@ class Verdict:
     ``retry_after``: seconds the server asked us to wait before the next try
     (``None``: it did not say). ``cooldown``: seconds during which nobody
     should be admitted to this provider (``None``: no cooldown).
-    ``retry_same``: worth another try on the same provider.
+    ``retry_same``: worth another try on the same provider. ``limit``: for a
+    ``rate_limited`` answer, which limit refused it: ``"concurrency"`` (too many
+    requests in flight), ``"rate"`` (too many per unit of time), or ``None``
+    (an overloaded server, or not said).
     """
 
     outcome: Outcome
@@ -222,6 +229,7 @@ class Verdict:
     message: str = ""
     code: str | None = None
     status: int | None = None
+    limit: LimitKind | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,6 +309,8 @@ class ProviderStats:
     """Per-provider figures from ``Client.stats()`` (this process's counts).
 
     With a Redis backend, ``shared`` holds the figures every process sees.
+    ``learned``: for a provider with ``"auto"`` limits, the values in force now
+    (``{"max_concurrent": 3, "requests_per_minute": 2400.0}``); ``None`` otherwise.
     """
 
     name: str
@@ -319,6 +329,7 @@ class ProviderStats:
     wait_p95: float = 0.0
     limits: Mapping[str, Any] = field(default_factory=dict)
     shared: Mapping[str, Any] | None = None
+    learned: Mapping[str, float] | None = None
 
     @property
     def counters(self) -> dict[str, int]:

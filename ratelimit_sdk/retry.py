@@ -125,6 +125,7 @@ def decide(
     pause: Availability | None = None,
     throttles: int = 0,
     later_free: bool = False,
+    retry_wait: float | None = None,
 ) -> Decision:
     """Retry here, move on, or stop, after one attempt (a pure table; see tests/test_retry.py).
 
@@ -134,7 +135,10 @@ def decide(
     provider's state after the attempt (a skip's refusal, or the cooldown / open
     breaker the attempt caused; ``None``: not paused). ``throttles``: rate-limit
     answers from this provider in this call, this one included. ``later_free``: a
-    later provider of the chain could take the call now.
+    later provider of the chain could take the call now. ``retry_wait``: for a rate
+    limit, the wait a retry here takes instead of the backoff (the provider's next
+    slot after our pacing ran ahead of the server, or ``0.0`` when a learned
+    concurrency limit was lowered); retries still end at ``max_retries``.
     """
     if outcome is Outcome.OK:
         return DONE
@@ -160,7 +164,10 @@ def decide(
     if pause is not None and pause.reason is Outcome.CIRCUIT_OPEN:
         # This failure opened the breaker: move on, back when a probe may go through.
         return Decision(Step.MOVE_ON, comeback=paused_for or PROBE_POLL)
-    wait = backoff.next_wait(retries, retry_after)
+    if retry_wait is not None and outcome is Outcome.RATE_LIMITED:
+        wait = retry_wait if retries < backoff.config.max_retries else None
+    else:
+        wait = backoff.next_wait(retries, retry_after)
     if wait is None or wait >= time_left:
         return Decision(Step.MOVE_ON, comeback=comeback)
     return Decision(Step.RETRY, delay=wait)

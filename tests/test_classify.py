@@ -19,6 +19,7 @@ from ratelimit_sdk.classify import (
     PROVIDER_CODES,
     classify,
     classify_failure,
+    declared_limits,
     error_for,
     parse_duration,
     parse_reset,
@@ -922,3 +923,83 @@ def test_hostile_mapping_is_treated_as_no_headers() -> None:
 
     item = Reply(status=429, headers=Hostile())
     assert classify(item, now=NOW).outcome is RL
+
+
+# -- which limit refused ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("answer", "limit"),
+    [
+        (
+            reply(
+                429,
+                type="rate_limit_reached_error",
+                message="Your account org-x<ak-y> request reached max organization "
+                "concurrency: 4, please try again after 1 seconds",
+            ),
+            "concurrency",
+        ),
+        (
+            reply(
+                429,
+                type="rate_limit_reached_error",
+                message="Your account request reached max request: 200, please try again "
+                "after 1 seconds",
+            ),
+            "rate",
+        ),
+        (reply(429, code="1302", message="High concurrency usage of this API"), "concurrency"),
+        (reply(429, code="1302", message="当前API请求过多"), "concurrency"),
+        (reply(429, code="1303", message="High frequency usage of this API"), "rate"),
+        (reply(429, code="1305", message="The service may be temporarily overloaded"), None),
+        (reply(429, message="并发数过高"), "concurrency"),
+        (reply(429, message="too many concurrent requests"), "concurrency"),
+        (reply(429, code="rate_limit_exceeded", message="Rate limit reached on requests"), "rate"),
+        (reply(529, type="overloaded_error", message="Overloaded"), None),
+        (reply(429, excerpt="<html>429 Too Many Requests</html>"), "rate"),
+        (reply(503, message="Engine overloaded, rate limit"), None),
+    ],
+    ids=[
+        "moonshot-concurrency",
+        "moonshot-rpm",
+        "zhipu-1302",
+        "zhipu-1302-chinese",
+        "zhipu-1303",
+        "zhipu-1305-overload",
+        "chinese-text",
+        "english-text",
+        "openai",
+        "anthropic-overloaded",
+        "nginx",
+        "overload-text",
+    ],
+)
+def test_a_rate_limit_says_which_limit_refused(answer: Reply, limit: str | None) -> None:
+    verdict = classify(answer, now=NOW)
+    assert verdict.limit == limit
+    if verdict.outcome is not Outcome.RATE_LIMITED:
+        assert limit is None
+
+
+def test_only_rate_limits_name_a_limit() -> None:
+    assert classify(ok(), now=NOW).limit is None
+    assert classify(reply(500, message="internal error"), now=NOW).limit is None
+    assert classify(reply(429, code="insufficient_quota"), now=NOW).limit is None
+
+
+def test_declared_limits_read_every_family() -> None:
+    headers = {
+        "x-ratelimit-limit-requests": "500",
+        "x-ratelimit-remaining-requests": "12",
+        "x-ratelimit-reset-requests": "1.5s",
+        "anthropic-ratelimit-tokens-limit": "40000",
+        "anthropic-ratelimit-tokens-remaining": "junk",
+    }
+    assert declared_limits(headers, NOW) == {
+        "requests": (500.0, 12.0, 1.5),
+        "tokens": (40000.0, None, None),
+    }
+    assert declared_limits({"x-ratelimit-limit-requests": "0"}, NOW) == {}
+    assert declared_limits({"x-ratelimit-limit-requests": "1e309"}, NOW) == {}
+    assert declared_limits({"x-ratelimit-limit-requests": "9" * 200}, NOW) == {}

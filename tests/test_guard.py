@@ -34,8 +34,10 @@ from ratelimit_sdk.errors import (
 )
 from ratelimit_sdk.guard import AttemptResult, Cancelled, Guard
 from ratelimit_sdk.hooks import Hooks
-from ratelimit_sdk.models import ChatRequest, Outcome
+from ratelimit_sdk.models import ChatRequest, Outcome, Reply
+from ratelimit_sdk.retry import Decision, Step, decide
 from ratelimit_sdk.testing import FakeClock
+from ratelimit_sdk.testing.shapes import NGINX_429_BODY
 
 
 @pytest.fixture
@@ -427,3 +429,116 @@ def test_close_closes_the_transport(clock: FakeClock) -> None:
     guard.close()
     assert stub.closed
     assert "p" in repr(guard)
+
+
+# -- a 429 without a wait on a paced provider; learned concurrency -------------------------------
+
+
+def nginx_429() -> Reply:
+    """nginx ``limit_req``'s refusal: 429, an HTML body, no Retry-After."""
+    return Reply(status=429, headers={"content-type": "text/html"}, excerpt=NGINX_429_BODY)
+
+
+def test_429_without_a_wait_on_a_paced_provider_waits_for_the_next_slot(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Our pacing ran ahead of the server: the limiter's next slot, not the 1 s backoff."""
+    stub = StubProvider("p", script=[nginx_429()])
+    guard = make_guard("p", stub, clock=clock, limits={"requests_per_minute": 600})
+    overruns: list[None] = []
+
+    def report_overrun() -> float:
+        overruns.append(None)
+        return 0.37
+
+    monkeypatch.setattr(guard.limiter, "report_overrun", report_overrun)
+    result = attempt(guard, clock)
+    assert result.outcome is Outcome.RATE_LIMITED
+    assert result.verdict is not None and result.verdict.limit == "rate"
+    assert len(overruns) == 1
+    assert guard.limiter.cooldown_remaining() == pytest.approx(0.37)
+    assert result.retry_wait == pytest.approx(0.37)
+    decided = decide(
+        result.outcome,
+        retries=0,
+        backoff=guard.backoff,
+        time_left=30.0,
+        retry_after=result.verdict.retry_after,
+        pause=result.pause,
+        retry_wait=result.retry_wait,
+    )
+    assert decided == Decision(Step.RETRY, delay=pytest.approx(0.37))
+
+
+def test_429_without_a_wait_on_a_paced_provider_is_not_the_backoff(clock: FakeClock) -> None:
+    """The real limiter's report (whatever its allowance) is its next slot: under 1/rate here."""
+    stub = StubProvider("p", script=[nginx_429()])
+    limits = {"requests_per_minute": 600}
+    guard = make_guard("p", stub, clock=clock, limits=limits, retry={"jitter": 0.0})
+    result = attempt(guard, clock)
+    assert result.outcome is Outcome.RATE_LIMITED
+    assert guard.limiter.cooldown_remaining() < 0.5  # the backoff would be 1.0 s
+    assert result.retry_wait is not None and result.retry_wait < 0.5
+
+
+def test_429_without_a_wait_on_an_unpaced_provider_keeps_the_backoff(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stub = StubProvider("p", script=[nginx_429()])
+    guard = make_guard("p", stub, clock=clock, retry={"base_delay": 0.4, "jitter": 0.0})
+    monkeypatch.setattr(guard.limiter, "report_overrun", lambda: pytest.fail("not paced"))
+    result = attempt(guard, clock)
+    assert guard.limiter.cooldown_remaining() == pytest.approx(0.4)
+    assert result.retry_wait is None
+
+
+def test_a_concurrency_refusal_under_auto_lowers_the_limit_without_a_cooldown(
+    clock: FakeClock,
+) -> None:
+    log = EventLog()
+    hooks = Hooks()
+    hooks.on("*", log)
+    body = "request reached max organization concurrency: 3, please try again after 1 seconds"
+    refusal = error_reply(429, body, type_="rate_limit_reached_error")
+    stub = StubProvider("p", script=[refusal])
+    guard = make_guard("p", stub, clock=clock, hooks=hooks, limits={"max_concurrent": "auto"})
+    assert guard.limiter.limits()["max_concurrent"] == 4
+    result = attempt(guard, clock)
+    assert result.verdict is not None and result.verdict.limit == "concurrency"
+    assert guard.limiter.limits()["max_concurrent"] == 2
+    assert guard.limiter.cooldown_remaining() == 0.0
+    assert result.retry_wait == 0.0
+    assert guard.stats().learned == {"max_concurrent": 2}
+    assert [e.state for e in log.of("learned")] == ["max_concurrent=2"]
+
+
+def test_a_concurrency_refusal_at_the_lower_bound_cools_down_as_before(clock: FakeClock) -> None:
+    refusal = error_reply(429, "max organization concurrency: 1", type_="rate_limit_reached_error")
+    stub = StubProvider("p", script=[refusal])
+    limits = {"max_concurrent": "auto", "auto": {"start_concurrent": 1}}
+    retry = {"base_delay": 0.4, "jitter": 0.0}
+    guard = make_guard("p", stub, clock=clock, limits=limits, retry=retry)
+    result = attempt(guard, clock)
+    assert guard.limiter.limits()["max_concurrent"] == 1
+    assert guard.limiter.cooldown_remaining() == pytest.approx(0.4)  # the backoff
+    assert result.retry_wait is None
+
+
+def test_declared_limits_are_adopted_and_shown(clock: FakeClock) -> None:
+    headers = {"x-ratelimit-limit-requests": "1200", "x-ratelimit-remaining-requests": "1199"}
+    stub = StubProvider("p", script=[ok_reply(headers=headers)])
+    guard = make_guard("p", stub, clock=clock, limits={"requests_per_minute": "auto"})
+    assert attempt(guard, clock).outcome is Outcome.OK
+    assert guard.limiter.limits()["requests_per_minute"] == 1200.0
+    assert guard.stats().learned == {"requests_per_minute": 1200.0}
+
+
+def test_apply_keeps_learned_values(clock: FakeClock) -> None:
+    headers = {"x-ratelimit-limit-requests": "1200"}
+    stub = StubProvider("p", script=[ok_reply(headers=headers)])
+    guard = make_guard("p", stub, clock=clock, limits={"requests_per_minute": "auto"})
+    attempt(guard, clock)
+    config = guard.config.model_copy(update={"retry": {"max_retries": 1}})
+    guard.apply(config)
+    assert guard.limiter.limits()["requests_per_minute"] == 1200.0
+    assert guard.learner is not None

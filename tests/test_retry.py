@@ -290,3 +290,23 @@ def test_run_attempts_returns_the_decision_that_ended_it() -> None:
         lambda n: n, lambda r, n: Decision(Step.MOVE_ON, comeback=4.0), sleep=lambda s: None
     )
     assert result == 0 and decided == Decision(Step.MOVE_ON, comeback=4.0)
+
+
+def test_a_retry_wait_replaces_the_backoff_for_a_rate_limit() -> None:
+    """A paced provider's next slot (or 0.0 after a learned concurrency drop) is the wait."""
+    backoff = Backoff(RetryConfig(base_delay=1.0, jitter=0.0, max_retries=2))
+    pause = Availability(0.2, cooldown=0.2, reason=Outcome.COOLING_DOWN)
+    for wait in (0.2, 0.0):
+        decided = decide(
+            Outcome.RATE_LIMITED,
+            retries=0,
+            backoff=backoff,
+            time_left=30.0,
+            pause=pause,
+            retry_wait=wait,
+        )
+        assert decided == Decision(Step.RETRY, delay=wait)
+    last = decide(Outcome.RATE_LIMITED, retries=2, backoff=backoff, time_left=30.0, retry_wait=0.2)
+    assert last.step is Step.MOVE_ON  # max_retries still ends the retries here
+    other = decide(Outcome.ERROR, retries=0, backoff=backoff, time_left=30.0, retry_wait=0.2)
+    assert other == Decision(Step.RETRY, delay=1.0)  # only rate limits take it

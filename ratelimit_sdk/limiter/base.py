@@ -55,6 +55,13 @@ def check_limits(fields: dict[str, Any]) -> None:
             if name in ("min_interval", "margin"):
                 raise ConfigError(f"{name}: must be a number >= 0 (got None)", field=name)
             continue
+        if value == "auto":
+            raise ConfigError(
+                f'{name}: "auto" is learned by a Client from its provider\'s answers; a '
+                "Limiter takes numbers (to learn with a bare Limiter, build "
+                "ratelimit_sdk.learn.Learner on it and feed it the answers)",
+                field=name,
+            )
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{name}: must be a number (got {value!r})", field=name)
         if not math.isfinite(value):
@@ -386,6 +393,14 @@ class Limiter(abc.ABC):
         waiting threads at once.
         """
         raise _unimplemented(self, "update")
+
+    def limits(self) -> dict[str, Any]:
+        """The limits in force now, as the keywords :meth:`update` takes.
+
+        Every built-in backend has it (with Redis: as last read from the shared
+        store); a backend without it raises ``TypeError``.
+        """
+        raise _unimplemented(self, "limits")
 
     @_abstract
     def cooldown(self, seconds: float) -> None:
