@@ -822,7 +822,7 @@ class Guard:
         if verdict.outcome is Outcome.RATE_LIMITED:
             if learned and verdict.limit == "concurrency":
                 return 0.0, 0.0
-            if verdict.limit == "rate" and not verdict.cooldown and self._paced():
+            if verdict.limit == "rate" and not verdict.cooldown and self.limiter.paces:
                 slot = min(max(0.0, self.limiter.report_overrun()), MAX_SERVER_WAIT)
                 return slot, slot
             wait = self.backoff.cooldown_for(retry_index, verdict.cooldown)
@@ -831,16 +831,6 @@ class Guard:
         else:
             wait = verdict.cooldown or 0.0
         return min(wait, MAX_SERVER_WAIT), None
-
-    def _paced(self) -> bool:
-        """Whether the limiter paces this provider's rate (a bucket, spacing or windows)."""
-        limits = self.limiter.limits()
-        return bool(
-            limits.get("requests_per_minute")
-            or limits.get("min_interval")
-            or limits.get("tokens_per_minute")
-            or limits.get("windows")
-        )
 
     # -- learned limits -------------------------------------------------------------------
 

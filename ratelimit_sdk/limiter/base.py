@@ -414,7 +414,7 @@ class Limiter(abc.ABC):
         A limiter that only bounds concurrency does not: a rate-limit refusal then
         says nothing about its pacing (:meth:`report_overrun` has nothing to widen).
         """
-        limits: dict[str, Any] = getattr(self, "limits", dict)()
+        limits = self.limits()
         return bool(
             limits.get("requests_per_minute")
             or limits.get("min_interval")
