@@ -817,13 +817,17 @@ class Guard:
         learned concurrency limit pauses nothing (the lower limit paces; the retry
         waits for a release). One that names no wait, on a provider whose rate we
         pace, means our pacing ran ahead of the server: the limiter widens its
-        allowance, and the pause and the retry last until its next slot.
+        allowance (unless it lowered a learned rate: then the rate was the cause),
+        and the pause and the retry last until its next slot.
         """
         if verdict.outcome is Outcome.RATE_LIMITED:
             if learned and verdict.limit == "concurrency":
                 return 0.0, 0.0
             if verdict.limit == "rate" and not verdict.cooldown and self.limiter.paces:
-                slot = min(max(0.0, self.limiter.report_overrun()), MAX_SERVER_WAIT)
+                # A learned rate was just lowered: the refusal was the rate, not jitter.
+                limiter = self.limiter
+                slot = limiter.snapshot().next_start_in if learned else limiter.report_overrun()
+                slot = min(max(0.0, slot), MAX_SERVER_WAIT)
                 return slot, slot
             wait = self.backoff.cooldown_for(retry_index, verdict.cooldown)
         elif verdict.outcome is Outcome.QUOTA_EXHAUSTED:

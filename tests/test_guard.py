@@ -481,6 +481,21 @@ def test_429_without_a_wait_on_a_paced_provider_is_not_the_backoff(clock: FakeCl
     assert result.retry_wait is not None and result.retry_wait < 0.5
 
 
+def test_429_without_a_wait_on_a_learned_rate_lowers_it_and_widens_nothing(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The learner lowered the rate: that was the cause, not jitter; the next slot is the wait."""
+    stub = StubProvider("p", script=[nginx_429()])
+    guard = make_guard("p", stub, clock=clock, limits={"requests_per_minute": "auto"})
+    monkeypatch.setattr(guard.limiter, "report_overrun", lambda: pytest.fail("not jitter"))
+    before = guard.limiter.limits()["requests_per_minute"]
+    result = attempt(guard, clock)
+    assert result.outcome is Outcome.RATE_LIMITED
+    assert guard.limiter.limits()["requests_per_minute"] < before
+    assert result.retry_wait == pytest.approx(guard.limiter.cooldown_remaining())
+    assert result.retry_wait is not None and result.retry_wait < 0.5
+
+
 def test_429_without_a_wait_on_an_unpaced_provider_keeps_the_backoff(
     clock: FakeClock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
