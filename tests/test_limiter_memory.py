@@ -600,7 +600,7 @@ def test_blocking_acquire_starts_as_early_as_the_bucket_allows(
 ) -> None:
     # Work conserving: a blocked acquire starts the moment its token arrives.
     clock = FakeClock()
-    lim = RecordingLimiter(requests_per_minute=rpm, burst=1, clock=clock)
+    lim = RecordingLimiter(requests_per_minute=rpm, burst=1, clock=clock, margin=0)
     for gap in gaps:
         clock.advance(gap)
         arrival = clock.monotonic()

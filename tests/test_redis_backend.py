@@ -616,3 +616,17 @@ def test_a_widened_allowance_is_shared_by_every_process(make: Callable[..., Redi
     wait = b.time_to_admit()
     # 10 s + the margin capped at 2 s (a fifth of the interval) + the grown 0.25 s
     assert wait is not None and 12.1 < wait <= 12.25
+
+
+def test_a_request_that_leaves_late_paces_every_process_from_its_departure(
+    make: Callable[..., RedisLimiter],
+) -> None:
+    a = make(requests_per_minute=60, burst=1, margin=0.02)  # one per second
+    b = make(requests_per_minute=60, burst=1, margin=0.02)
+    permit = a.acquire(timeout=5)
+    time.sleep(0.3)  # left 0.3 s late: far over its allowance
+    permit.mark_sent()
+    permit.release()
+    wait = b.time_to_admit()
+    # the next token counts from the late departure, 1 s after it (unmarked: 0.78 s left)
+    assert wait is not None and 0.9 < wait <= 1.0

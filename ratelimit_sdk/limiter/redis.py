@@ -606,6 +606,27 @@ class RedisLimiter(Limiter):
     def _settle(self, permit: Permit, diff: int) -> None:
         self.leases.settle(permit, diff)
 
+    def _mark_sent(self, permit: Permit) -> None:
+        """A request left later than its allowance: pace every process from its departure.
+
+        One round trip, only for a late request (best effort: an unreachable Redis
+        skips it; the allowance then grows on the next refusal instead).
+        """
+        over = self.clock.monotonic() - permit._at - permit._allow
+        if over <= 0:
+            return
+        permit._allow = math.inf  # once
+        store = self.store
+        if store.use_local():
+            return
+        try:
+            spec = store.side_args()[:2]
+            store.run("sent", [store.keys.cfg, store.keys.st], [int(over * 1e6), *spec])
+        except RedisDown as exc:
+            store.on_down(exc, "pacing after a late request")
+        else:
+            store.after_success()
+
     def _release_from_gc(self, permit: Permit) -> None:
         self.leases.release_from_gc(permit)
 

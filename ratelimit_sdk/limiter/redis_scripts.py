@@ -73,6 +73,7 @@ SCRIPT_NAMES = (
     "stats",
     "breaker",
     "overrun",
+    "sent",
 )
 LIMIT_FIELDS = (
     "max_concurrent",

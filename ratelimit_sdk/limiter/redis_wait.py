@@ -481,6 +481,9 @@ class Admission:
                         return Refusal(None, float(text(reply[3])) / 1e6)
                 if status == 1:
                     permit = self.leases.grant(w.id, units, tokens, self.pool_units())
+                    if reply[-1]:  # the allowance applied: mark_sent may correct it
+                        permit._at = (t0 + t1) / 2.0
+                        permit._allow = float(text(reply[-1])) / 1e6
                     granted = True
                     if succ is not None:
                         with line.lock:

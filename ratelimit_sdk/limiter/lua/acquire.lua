@@ -10,7 +10,8 @@
 --       9 successor arrival (server us; 0: now), 10 spec, 11 origin, 12 channel,
 --       [13 pool units, 14 pool spec, 15 pool origin, 16 pool channel]
 -- Reply: {status, wait (us), server now (us), cooldown left (us), 3 breaker fields,
---         7 limit fields, [7 pool limit fields]}
+--         7 limit fields, [7 pool limit fields], the jitter allowance the admission
+--         applied (us; '' when not admitted or not paced)}
 --   status 1: admitted (lease held); 0: wait ``wait`` us then call again;
 --   -1: wait for a wake-up (a release, or the line to move); -2: can never fit;
 --   -3 (mode 'h' only): first in line and Redis has room: call again once the
@@ -67,6 +68,7 @@ if #KEYS > 5 then
   pool_units = tonumber(ARGV[13])
 end
 
+local applied = ''
 local function reply(status, wait)
   local cool = cool_left(M.st, now)
   if P and cool_left(P.st, now) > cool then
@@ -84,6 +86,7 @@ local function reply(status, wait)
       out[#out + 1] = v
     end
   end
+  out[#out + 1] = applied
   return out
 end
 
@@ -188,7 +191,10 @@ if hold then
   return reply(-3, 0)
 end
 
-take(M, id, units, tokens, now, lease_ttl, cold)
+local least = take(M, id, units, tokens, now, lease_ttl, cold)
+if least then
+  applied = fmt(least)
+end
 if P then
   take(P, id, pool_units, tokens, now, lease_ttl, cold)
 end

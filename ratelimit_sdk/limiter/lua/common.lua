@@ -249,17 +249,23 @@ local function delay(L, units, tokens, now)
 end
 
 -- Take what an admission costs (call ``delay`` first) and record the lease. ``cold``:
--- the admitting process had nothing come back yet (new connections).
+-- the admitting process had nothing come back yet (new connections). Returns the
+-- smallest allowance applied to the request bucket or spacing (us; nil: neither).
 local function take(L, lease, units, tokens, now, lease_ttl, cold)
   local c, s = L.cfg, L.st
   local last = now
+  local least = nil
   if c.mi > 0 then
     local mi = c.mi * 1e6
-    last = now + allowance(c, s, mi, 0, now, cold)
+    least = allowance(c, s, mi, 0, now, cold)
+    last = now + least
   end
   if c.rpm then
     local rate, cap = req_rate(c)
     local j = allowance(c, s, 1 / rate, (cap - 1) / rate, now, cold)
+    if not least or j < least then
+      least = j
+    end
     local lvl, stamp = taken(L.bl, s.bt, cap, rate, j, 1, now)
     redis.call('HSET', L.st_key, 'bl', fmt(lvl), 'bt', fmt(stamp), 'last', fmt(last))
   else
@@ -272,6 +278,7 @@ local function take(L, lease, units, tokens, now, lease_ttl, cold)
     redis.call('HSET', L.st_key, 'tl', fmt(lvl), 'tt', fmt(stamp))
   end
   redis.call('ZADD', L.leases, fmt(now + lease_ttl), lease .. '|' .. units)
+  return least
 end
 
 -- Move both buckets from limits ``old`` to limits ``new`` at ``now``: what accrued
