@@ -24,6 +24,7 @@ from .config import (
     ProviderConfig,
     RetryConfig,
     TimeoutConfig,
+    WindowConfig,
 )
 from .errors import (
     AcquireTimeout,
@@ -83,4 +84,5 @@ __all__ = [
     "RetryConfig",
     "TimeoutConfig",
     "Usage",
+    "WindowConfig",
 ]

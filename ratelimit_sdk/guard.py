@@ -227,7 +227,9 @@ class Admission:
             self._look = got = guard.limiter.try_admit(tokens=self._tokens)
             if isinstance(got, Permit):
                 self.permit = got
-            elif self._skip_paused and (got.cooldown > 0 or got.wait == math.inf):
+            elif self._skip_paused and (
+                got.cooldown > 0 or got.wait == math.inf or got.window > self._max_wait
+            ):
                 self.refusal = guard._refuse_paused(got)
             elif self._max_wait <= 0:
                 self.refusal = guard._refuse_busy(got, self.started)
@@ -261,8 +263,13 @@ class Admission:
         if self._tokens and completion is not None and completion.usage is not None:
             # Only a charged estimate needs settling (no token budget: nothing to correct).
             # A server's figure is believed only up to what the request could cost.
-            used = max(0, min(completion.usage.total_tokens, self._ceiling))
-            self.permit.settle(tokens=used)
+            usage, ceiling = completion.usage, self._ceiling
+            used = max(0, min(usage.total_tokens, ceiling))
+            self.permit.settle(
+                tokens=used,
+                input_tokens=max(0, min(usage.prompt_tokens, used)),
+                output_tokens=max(0, min(usage.completion_tokens, used)),
+            )
         result = self._guard._record(
             verdict, completion, self.probe, self.started, retry_index, error
         )
@@ -388,8 +395,10 @@ class Guard:
         if seen.wait == 0.0:
             return seen
         if seen.cooldown > 0:
-            return Availability(seen.wait, cooldown=seen.cooldown, reason=Outcome.COOLING_DOWN)
-        return Availability(seen.wait, reason=Outcome.BUSY)
+            return Availability(
+                seen.wait, cooldown=seen.cooldown, reason=Outcome.COOLING_DOWN, window=seen.window
+            )
+        return Availability(seen.wait, reason=Outcome.BUSY, window=seen.window)
 
     def unavailable_for(self) -> tuple[Outcome | None, float]:
         """``(None, 0)`` if the provider is not paused, else why (open, cooling) and how long."""
@@ -429,11 +438,14 @@ class Guard:
     def _set_budgets(self) -> None:
         """The LLM token budgets in force (own and pool), kept with the config they come from."""
         pool = self._pool_limits
+        own = self.config.limits
         self._budgets = tuple(
             b
             for b in (
-                self.config.limits.tokens_per_minute,
+                own.tokens_per_minute,
                 None if pool is None else pool.tokens_per_minute,
+                *(w.limit for w in own.windows if w.kind != "requests"),
+                *(() if pool is None else (w.limit for w in pool.windows if w.kind != "requests")),
             )
             if b is not None
         )
@@ -484,9 +496,17 @@ class Guard:
             closed = AcquireTimeout(f"{self.name}: closed", waited=0.0, key=self.name)
             return self._skip(Outcome.BUSY, closed, math.inf)
         cool = seen.cooldown
-        error = ProviderError(
-            f"{self.name}: cooling down for {cool:.2f}s", provider=self.name, retry_after=cool
-        )
+        if seen.window > cool:  # a window limit (a quota spent) holds it back longer
+            cool = seen.window
+            error = ProviderError(
+                f"{self.name}: window limit reached; next admission in {cool:.2f}s",
+                provider=self.name,
+                retry_after=cool,
+            )
+        else:
+            error = ProviderError(
+                f"{self.name}: cooling down for {cool:.2f}s", provider=self.name, retry_after=cool
+            )
         return self._skip(Outcome.COOLING_DOWN, error, max(cool, seen.wait or 0.0))
 
     def _refuse_busy(self, seen: Availability, started: float) -> AttemptResult:
@@ -832,6 +852,7 @@ class Guard:
             wait_p95=_percentile(waits, 0.95),
             limits=self.config.limits.model_dump(),
             shared=shared,
+            windows=snap.windows,
             **figures,
         )
 
