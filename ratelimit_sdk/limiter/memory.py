@@ -664,9 +664,9 @@ class MemoryLimiter(Limiter):
         epoch = self.clock.time()
         charged: list[tuple[WindowCounter, tuple[int, ...]]] = []
         for w in self._windows:
+            # (A token window is charged 0 for a call without an estimate: its settle
+            # then has the admission's slot to correct.)
             amount = permit.tokens if w.spec.kind != "requests" else 1
-            if not amount:
-                continue
             idx = w.indexes(now, epoch, allowance)
             slots = w.slots
             for i in idx:
