@@ -520,9 +520,17 @@ class RedisLimiter(Limiter):
             return AVAILABLE_NOW if wait == 0.0 else Availability(wait, local.cooldown_remaining())
         cooldown = float(stats["cooldown_remaining"])
         window = float(stats["window"])
+        admit: float | None = stats["admit_in"]
+        pool = self._pool
+        if pool is not None and pool.store.limits.get("windows"):
+            # The pool's windows bound this member too (a second look, only with them).
+            pool_stats = pool.store.stats(self._pool_units, tokens)
+            if pool_stats is not None and pool_stats["window"] > window:
+                window = float(pool_stats["window"])
+                if admit is not None and window > admit:
+                    admit = window
         if self.line.queue or stats["waiting"]:
             return Availability(None, cooldown=cooldown, window=window)
-        admit: float | None = stats["admit_in"]
         if admit == 0.0:
             return AVAILABLE_NOW
         return Availability(admit, cooldown=cooldown, window=window)
