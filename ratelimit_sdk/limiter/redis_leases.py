@@ -104,9 +104,7 @@ class Leases:
         self._kick = False  # recovery: resend and renew now, not at the next tick
         store.on_recover.append(self.kick)
 
-    def grant(
-        self, lease: str, units: int, tokens: int, pool_units: int, at: int = 0
-    ) -> Permit:
+    def grant(self, lease: str, units: int, tokens: int, pool_units: int, at: int = 0) -> Permit:
         """The permit for a lease Redis just recorded; starts the lease thread if needed.
 
         ``at``: the server's time of the admission (microseconds), for its settle.
