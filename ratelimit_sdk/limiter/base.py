@@ -264,9 +264,19 @@ class Limiter(abc.ABC):
     """Admission control for one provider (or any API): concurrency, rate, spacing, cooldown.
 
     ``Limiter(max_concurrent=4, requests_per_minute=600, burst=5, min_interval=0.0,
-    tokens_per_minute=None, backend="memory", key=None)``. ``None`` means no such
-    limit. With ``backend="redis://..."`` every process using the same ``key``
-    shares the limits.
+    tokens_per_minute=None, backend="memory", key=None, windows=None)``. ``None``
+    means no such limit. With ``backend="redis://..."`` every process using the
+    same ``key`` shares the limits.
+
+    ``windows``: window limits, "at most N per T", each a dict
+    ``{"requests": N, "per": T}`` (or ``tokens``, ``input_tokens``,
+    ``output_tokens``; ``per`` in seconds or ``"500ms"``, ``"10s"``, ``"1m"``,
+    ``"2h"``, ``"1d"``) with ``"align": "sliding"`` (any interval of length T, the
+    default) or ``"utc"`` (fixed windows reset at UTC multiples of T). They are
+    admitted in the same decision as the other limits and allow for the jitter
+    margin (N in any ``T + margin``). Each window keeps at most 101 slots of
+    ``T / 100``; a charge counts from its slot's end, so it may cost up to
+    ``T / 100`` of extra wait, never an extra admission. See :mod:`ratelimit_sdk._windows`.
 
     Thread-safe: one limiter is meant to be shared by every thread that calls the
     same API. Waiting is first come, first served, and bounded by ``timeout``.

@@ -46,6 +46,8 @@ __all__ = ["MemoryLimiter"]
 _T = TypeVar("_T")
 _INF = math.inf
 _NO_AMOUNTS: list[tuple[dict[int, float], int, float]] = []
+#: The undo list of a grant without windows (never appended to).
+_NO_UNDO: list[tuple[dict[int, float], int, float | None]] = []
 #: Wake-up times closer than this count as unchanged (no needless notify).
 _WAKE_SLACK = 1e-6
 
@@ -342,6 +344,11 @@ class MemoryLimiter(Limiter):
     that request *arrives*. Network jitter up to ``margin`` then never lands a
     request before the provider's token; it costs ``margin`` once per burst, not
     per request.
+
+    ``windows=``: window limits (see :class:`~.base.Limiter`), checked and
+    charged in the same critical section as the rest; a permit remembers the
+    window slots it was charged to (for its settle and its undoing). The jitter
+    allowance they use is read through :meth:`_window_allowance` (today ``margin``).
 
     ``pool=`` makes this limiter a member of a shared pool (another
     ``MemoryLimiter``): each request then also holds ``pool_units`` of the pool's
@@ -708,7 +715,7 @@ class MemoryLimiter(Limiter):
                 raise RequestTooLargeError(
                     f"tokens={tokens} can never be admitted: tokens_per_minute is {lim._tpm:g}"
                 )
-            if lim is not None and lim._windows and tokens:
+            if lim is not None and lim._windows:
                 for w in lim._windows:
                     if w.spec.kind != "requests" and tokens > w.limit:
                         raise RequestTooLargeError(
@@ -873,14 +880,17 @@ class MemoryLimiter(Limiter):
             None if t is None else (t.level, t.stamp),
         )
         pool_saved = None if pool is None else pool._save()
-        undo: _Undo = []
+        undo = _NO_UNDO  # (a list of its own only with windows: nothing to allocate else)
         try:
             self._take(permit.units, permit.tokens, now)
             if self._windows:
+                undo = []
                 self._charge_windows(permit, now, undo)
             if pool is not None and isinstance(permit, _PooledPermit):
                 pool._take(permit.pool_units, permit.tokens, now)
                 if pool._windows:
+                    if undo is _NO_UNDO:
+                        undo = []
                     pool._charge_windows(permit, now, undo)
             permit._released = False
         except BaseException:
@@ -888,7 +898,8 @@ class MemoryLimiter(Limiter):
             self._restore(saved)
             if pool is not None and pool_saved is not None:
                 pool._restore(pool_saved)
-            _undo_windows(undo)
+            if undo:
+                _undo_windows(undo)
             raise
 
     def _save(self) -> _Saved:
