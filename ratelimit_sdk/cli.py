@@ -297,6 +297,9 @@ def _limits_text(limits: LimitsConfig) -> str:
         parts.append(f"{limits.min_interval:g}s apart")
     if limits.tokens_per_minute is not None:
         parts.append(f"{limits.tokens_per_minute:g} tokens/min")
+    for w in limits.windows:
+        kind = w.kind.replace("_", " ")
+        parts.append(f"{w.limit:g} {kind} per {w.per:g}s" + (" (UTC)" if w.align == "utc" else ""))
     if limits.max_queue_wait is not None:
         parts.append(f"queue at most {limits.max_queue_wait:g}s")
     return ", ".join(parts) if parts else "no limits"

@@ -518,3 +518,40 @@ def test_redis_spent_window_reports_its_wait_in_try_admit(redis_url: str, redis_
             lim.acquire(0, tokens=11)
     finally:
         lim.close()
+
+
+@pytest.mark.redis
+def test_redis_windows_update_reaches_every_process(redis_url: str, redis_key: str) -> None:
+    """One process changes the windows; another admits by them on its next call."""
+    a = Limiter(
+        backend=redis_url,
+        key=redis_key,
+        windows=[{"requests": 1, "per": "1h"}],
+        on_backend_error="raise",
+    )
+    b = Limiter(
+        backend=redis_url,
+        key=redis_key,
+        windows=[{"requests": 1, "per": "1h"}],
+        on_backend_error="raise",
+    )
+    try:
+        assert a.try_acquire() is not None
+        assert b.try_acquire() is None
+        a.update(windows=[{"requests": 2, "per": "1h"}])
+        assert b.try_acquire() is not None  # the count (1) carried over, the limit is 2
+        assert b.limits()["windows"] == [{"requests": 2, "per": 3600.0, "align": "sliding"}]  # type: ignore[attr-defined]
+        assert a.try_acquire() is None
+        b.update(windows=None)
+        assert a.try_acquire() is not None
+        assert "windows" not in a.limits()  # type: ignore[attr-defined]
+    finally:
+        a.close()
+        b.close()
+
+
+def test_check_lists_the_windows() -> None:
+    from ratelimit_sdk.cli import _limits_text
+
+    limits = LimitsConfig(windows=[{"requests": 1000, "per": "1d", "align": "utc"}])
+    assert _limits_text(limits) == "1000 requests per 86400s (UTC)"

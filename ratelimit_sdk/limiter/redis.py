@@ -515,9 +515,7 @@ class RedisLimiter(Limiter):
             return Availability(math.inf)
         stats = self.store.stats(units, tokens)
         if stats is None:
-            local = self._fallback()
-            wait = local.time_to_admit(units=units, tokens=tokens)
-            return AVAILABLE_NOW if wait == 0.0 else Availability(wait, local.cooldown_remaining())
+            return self._fallback().availability(units=units, tokens=tokens)
         cooldown = float(stats["cooldown_remaining"])
         window = float(stats["window"])
         admit: float | None = stats["admit_in"]
