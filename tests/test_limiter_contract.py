@@ -708,3 +708,13 @@ def test_a_bad_window_is_a_config_error_naming_it(make: Make, windows: object, f
         lim.update(windows=windows)
     assert caught.value.field == field
     assert "windows" not in lim.limits()  # type: ignore[attr-defined]
+
+
+def test_a_token_window_settles_a_call_admitted_without_an_estimate(make: Make) -> None:
+    lim = make(windows=[{"requests": 5, "per": 30}, {"tokens": 100, "per": 30}])
+    p = lim.acquire(timeout=0)
+    assert _used(lim) == [1, 0]
+    p.settle(tokens=40)
+    assert _used(lim) == [1, 40]
+    assert lim.try_acquire(tokens=61) is None
+    assert lim.try_acquire(tokens=60) is not None

@@ -240,11 +240,11 @@ local function charge_windows(L, tokens, now)
   local J = L.cfg.mg * 1e6
   local ttl = 0
   for _, w in ipairs(ws) do
+    -- (A token window is charged 0 for a call without an estimate: its settle then
+    -- has the admission's slot to correct.)
     local amount = window_amount(w, tokens)
-    if amount > 0 then
-      for _, i in ipairs(window_slots(w, now, J)) do
-        redis.call('HINCRBYFLOAT', L.win_key, w.id .. '|' .. string.format('%d', i), amount)
-      end
+    for _, i in ipairs(window_slots(w, now, J)) do
+      redis.call('HINCRBYFLOAT', L.win_key, w.id .. '|' .. string.format('%d', i), amount)
     end
     local need = w.per + J + w.slot
     if need > ttl then
