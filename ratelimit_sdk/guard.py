@@ -168,6 +168,7 @@ class Admission:
         "_held",
         "_look",
         "_max_wait",
+        "_pause_after",
         "_recorded",
         "_skip_paused",
         "_stream",
@@ -188,11 +189,14 @@ class Admission:
         cancel: threading.Event | None,
         skip_paused: bool,
         ceiling: int = 0,
+        pause_after: float | None = None,
     ) -> None:
         self._guard = guard
         self._tokens = tokens
         self._ceiling = ceiling
         self._max_wait = max_wait
+        # A window wait longer than this is a pause (skipped, as a cooldown), not a queue.
+        self._pause_after = max_wait if pause_after is None else pause_after
         self._cancel = cancel
         self._skip_paused = skip_paused
         self._recorded = False
@@ -228,7 +232,7 @@ class Admission:
             if isinstance(got, Permit):
                 self.permit = got
             elif self._skip_paused and (
-                got.cooldown > 0 or got.wait == math.inf or got.window > self._max_wait
+                got.cooldown > 0 or got.wait == math.inf or got.window > self._pause_after
             ):
                 self.refusal = guard._refuse_paused(got)
             elif self._max_wait <= 0:
@@ -465,12 +469,15 @@ class Guard:
         max_wait: float,
         cancel: threading.Event | None = None,
         skip_paused: bool = True,
+        pause_after: float | None = None,
     ) -> Admission:
         """The admission for one attempt (use it in a ``with``); see :class:`Admission`.
 
         ``max_wait``: seconds to wait for a permit when none is free at once (``0``:
         one look). ``skip_paused``: refuse at once while the provider cools down
         (the chain moves on); ``False`` waits through the cooldown within ``max_wait``.
+        ``pause_after``: with ``skip_paused``, a window limit that holds the request
+        back longer than this counts as a pause too (``None``: ``max_wait``).
         """
         tokens = 0 if request is None else self._token_estimate(request)
         ceiling = 0 if not tokens or request is None else self.token_ceiling(request)
@@ -481,6 +488,7 @@ class Guard:
             cancel=cancel,
             skip_paused=skip_paused,
             ceiling=ceiling,
+            pause_after=pause_after,
         )
 
     def _refuse_open(self) -> AttemptResult:
@@ -542,7 +550,13 @@ class Guard:
         """
         remaining = deadline - self.clock.monotonic()
         wait = remaining if max_wait is None else min(max_wait, remaining)
-        with self.admission(request, max_wait=max(0.0, wait), cancel=cancel) as adm:
+        # A window wait past what this provider may ever be waited for in this call (a
+        # spent quota) is skipped at once, as a cooldown; a shorter one is waited for.
+        limit = self.max_queue_wait
+        longest = remaining if limit is None else min(limit, remaining)
+        with self.admission(
+            request, max_wait=max(0.0, wait), cancel=cancel, pause_after=max(0.0, longest)
+        ) as adm:
             if adm.refusal is not None:
                 return adm.refusal
             if request.stream:

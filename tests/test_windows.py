@@ -426,6 +426,24 @@ def test_a_spent_daily_quota_moves_the_chain_on_at_once() -> None:
             assert stats.windows[0]["used"] == 1 and stats.windows[0]["limit"] == 1
 
 
+def test_a_short_window_wait_is_busy_not_a_pause() -> None:
+    """A window that admits again within the call's time is pacing: busy, waited for if need be."""
+    with FakeProvider(name="first") as first, FakeProvider(name="second") as second:
+        paced = {"windows": [{"requests": 1, "per": 2}]}
+        config = {"providers": [first.provider_config(limits=paced), second.provider_config()]}
+        with Client(config) as client:
+            assert client.chat("one").provider == "first"
+            answer = client.chat("two", timeout=30)  # the second is free now: moves on
+            assert answer.provider == "second"
+            assert answer.attempts[0].outcome is Outcome.BUSY
+        solo = {"providers": [first.provider_config(limits=paced)]}
+        with Client(solo) as client:
+            client.chat("three")
+            started = time.monotonic()
+            assert client.chat("four", timeout=30).provider == "first"  # queued ~2 s
+            assert time.monotonic() - started >= 0.9 * 2
+
+
 def test_a_spent_quota_on_the_only_provider_fails_at_once() -> None:
     with FakeProvider() as fake:
         quota = {"windows": [{"requests": 1, "per": "1d", "align": "utc"}]}
