@@ -718,3 +718,16 @@ def test_a_token_window_settles_a_call_admitted_without_an_estimate(make: Make) 
     assert _used(lim) == [1, 40]
     assert lim.try_acquire(tokens=61) is None
     assert lim.try_acquire(tokens=60) is not None
+
+
+def test_a_pool_token_window_is_settled_with_its_member(
+    make: Make, request: pytest.FixtureRequest
+) -> None:
+    tag = f"{id(request)}"
+    pool = make(key=f"settle-pool-{tag}", windows=[{"tokens": 100, "per": 30}])
+    member = make(key=f"settle-member-{tag}", pool=pool, windows=[{"tokens": 1000, "per": 30}])
+    p = member.acquire(timeout=0, tokens=90)
+    assert member.try_acquire(tokens=20) is None  # the pool's window
+    p.settle(tokens=30)
+    assert _used(pool) == [30] and _used(member) == [30]
+    assert member.try_acquire(tokens=70) is not None
