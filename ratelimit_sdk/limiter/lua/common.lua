@@ -95,6 +95,12 @@ local function cfg_reply(c)
   return out
 end
 
+-- Microseconds of jitter between admission and the server's arrival that the windows
+-- allow for (the limiter's margin): the one place windows read it.
+local function window_allowance(c)
+  return c.mg * 1e6
+end
+
 -- The window slots of limiter L (L.cfg, L.win_key) that still count at ``now``: each
 -- window gets map (slot -> amount) and idx (its slots, oldest first). Stale slots and
 -- slots of windows no longer configured are deleted. Once per script call.
@@ -110,7 +116,7 @@ local function load_windows(L, now)
     w.idx = {}
     byid[w.id] = w
   end
-  local J = L.cfg.mg * 1e6
+  local J = window_allowance(L.cfg)
   local raw = redis.call('HGETALL', L.win_key)
   local stale = {}
   for i = 1, #raw, 2 do
@@ -168,7 +174,7 @@ local function window_delay(L, tokens, now)
     return 0
   end
   load_windows(L, now)
-  local J = L.cfg.mg * 1e6
+  local J = window_allowance(L.cfg)
   local d = 0
   for _, w in ipairs(ws) do
     local amount = window_amount(w, tokens)
@@ -237,7 +243,7 @@ local function charge_windows(L, tokens, now)
   if #ws == 0 then
     return
   end
-  local J = L.cfg.mg * 1e6
+  local J = window_allowance(L.cfg)
   local ttl = 0
   for _, w in ipairs(ws) do
     -- (A token window is charged 0 for a call without an estimate: its settle then

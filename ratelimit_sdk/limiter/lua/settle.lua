@@ -26,7 +26,7 @@ for i = 1, #KEYS, 4 do
     refunded = diff < 0
   end
   if at and at > 0 then
-    local J = c.mg * 1e6
+    local J = window_allowance(c)
     for _, w in ipairs(c.windows) do
       local d = kind_diff[w.kind]
       if d and d ~= 0 then
