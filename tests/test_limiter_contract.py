@@ -731,3 +731,18 @@ def test_a_pool_token_window_is_settled_with_its_member(
     p.settle(tokens=30)
     assert _used(pool) == [30] and _used(member) == [30]
     assert member.try_acquire(tokens=70) is not None
+
+
+def test_a_utc_window_admits_n_per_wall_clock_second(make: Make) -> None:
+    """2 per UTC second: 6 blocking acquires span at least 3 seconds of the wall clock."""
+    lim = make(windows=[{"requests": 2, "per": 1, "align": "utc"}])
+    seconds: dict[int, int] = {}
+    t0 = time.monotonic()
+    for _ in range(6):
+        before = time.time()
+        lim.acquire(timeout=SLOW).release()
+        after = time.time()
+        if math.floor(before) == math.floor(after):  # unambiguous: admitted in that second
+            seconds[math.floor(after)] = seconds.get(math.floor(after), 0) + 1
+    assert time.monotonic() - t0 > 1.0  # two boundaries crossed at least
+    assert all(n <= 2 for n in seconds.values()), seconds
