@@ -44,6 +44,7 @@ __all__ = [
     "WindowSpec",
     "check_window",
     "check_windows",
+    "describe",
     "parse_per",
 ]
 
