@@ -25,6 +25,7 @@ from .config import (
     ProviderConfig,
     RetryConfig,
     TimeoutConfig,
+    WindowConfig,
 )
 from .errors import (
     AcquireTimeout,
@@ -85,4 +86,5 @@ __all__ = [
     "RetryConfig",
     "TimeoutConfig",
     "Usage",
+    "WindowConfig",
 ]

@@ -300,6 +300,9 @@ def _limits_text(limits: LimitsConfig) -> str:
     if limits.tokens_per_minute is not None:
         tpm = limits.tokens_per_minute
         parts.append(f"{tpm if isinstance(tpm, str) else format(tpm, 'g')} tokens/min")
+    for w in limits.windows:
+        kind = w.kind.replace("_", " ")
+        parts.append(f"{w.limit:g} {kind} per {w.per:g}s" + (" (UTC)" if w.align == "utc" else ""))
     if limits.max_queue_wait is not None:
         parts.append(f"queue at most {limits.max_queue_wait:g}s")
     return ", ".join(parts) if parts else "no limits"

@@ -51,6 +51,7 @@ from pydantic import (
 from typing_extensions import Self
 
 from ._redact import redact, redact_url
+from ._windows import KINDS, check_window, parse_per
 from .errors import ConfigError
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "ProviderConfig",
     "RetryConfig",
     "TimeoutConfig",
+    "WindowConfig",
     "translate_validation_error",
 ]
 
@@ -253,6 +255,63 @@ class AutoLimits(_Model):
         return self.max_rpm if self.start_rpm is None else self.start_rpm
 
 
+class WindowConfig(_Model):
+    """One window limit: at most ``N`` requests (or tokens) per ``per`` seconds.
+
+    Exactly one amount: ``requests``, ``tokens``, ``input_tokens`` or
+    ``output_tokens``. ``per``: seconds, or a string with a unit (``"500ms"``,
+    ``"10s"``, ``"1m"``, ``"2h"``, ``"1d"``), at least 1 ms; stored as seconds.
+    ``align``: ``"sliding"`` (at most N in any interval of that length) or ``"utc"``
+    (a fixed window reset at UTC multiples of ``per``: ``"1d"`` resets at midnight
+    UTC). A plain dict is accepted wherever a ``WindowConfig`` goes.
+    """
+
+    requests: float | None = Field(default=None, gt=0, description="Requests per window.")
+    tokens: float | None = Field(default=None, gt=0, description="LLM tokens per window.")
+    input_tokens: float | None = Field(
+        default=None, gt=0, description="Input (prompt) tokens per window."
+    )
+    output_tokens: float | None = Field(
+        default=None, gt=0, description="Output (completion) tokens per window."
+    )
+    per: float = Field(description='Window length: seconds, or "500ms", "10s", "1m", "2h", "1d".')
+    align: Literal["sliding", "utc"] = Field(
+        default="sliding",
+        description='"sliding": any interval of that length; "utc": reset at UTC multiples.',
+    )
+
+    @field_validator("per", mode="before")
+    @classmethod
+    def _parse_per(cls, value: Any) -> float:
+        try:
+            return parse_per(value)
+        except ConfigError as exc:  # a plain ValueError: the error then names the full path
+            raise ValueError(str(exc).removeprefix("per: ").rpartition(" (got ")[0]) from None
+
+    @model_validator(mode="after")
+    def _one_amount(self) -> WindowConfig:
+        given = [k for k in KINDS if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"a window needs exactly one of {', '.join(KINDS)} (got {len(given)})")
+        try:
+            check_window(self)
+        except ConfigError as exc:
+            raise ValueError(str(exc)) from None
+        return self
+
+    @property
+    def kind(self) -> str:
+        """The amount key: ``requests``, ``tokens``, ``input_tokens`` or ``output_tokens``."""
+        return next(k for k in KINDS if getattr(self, k) is not None)
+
+    @property
+    def limit(self) -> float:
+        """The amount ``N``."""
+        value = getattr(self, self.kind)
+        assert value is not None
+        return float(value)
+
+
 class LimitsConfig(_Model):
     """Admission limits of one provider (or of a shared pool).
 
@@ -310,6 +369,11 @@ class LimitsConfig(_Model):
         "one-token bucket or a spacing pays at most a fifth of its interval per request. "
         "Widens by itself when the provider refuses a paced request (0: none).",
     )
+    windows: tuple[WindowConfig, ...] = Field(
+        default=(),
+        description="Window limits, each at most N requests or tokens per T "
+        '(e.g. {"requests": 1000, "per": "1d", "align": "utc"}); admitted with the rest.',
+    )
 
     auto: AutoLimits = Field(
         default_factory=AutoLimits,
@@ -340,6 +404,7 @@ class LimitsConfig(_Model):
             "min_interval": self.min_interval,
             "tokens_per_minute": None if tpm == AUTO else tpm,
             "margin": self.safety_margin,
+            "windows": [w.model_dump(exclude_none=True) for w in self.windows],
         }
 
 

@@ -175,6 +175,7 @@ class Admission:
         "_held",
         "_look",
         "_max_wait",
+        "_pause_after",
         "_recorded",
         "_skip_paused",
         "_stream",
@@ -197,11 +198,14 @@ class Admission:
         cancel: threading.Event | None,
         skip_paused: bool,
         ceiling: int = 0,
+        pause_after: float | None = None,
     ) -> None:
         self._guard = guard
         self._tokens = tokens
         self._ceiling = ceiling
         self._max_wait = max_wait
+        # A window wait longer than this is a pause (skipped, as a cooldown), not a queue.
+        self._pause_after = max_wait if pause_after is None else pause_after
         self._cancel = cancel
         self._skip_paused = skip_paused
         self._recorded = False
@@ -238,7 +242,9 @@ class Admission:
             self._look = got = guard.limiter.try_admit(tokens=self._tokens)
             if isinstance(got, Permit):
                 self.permit = got
-            elif self._skip_paused and (got.cooldown > 0 or got.wait == math.inf):
+            elif self._skip_paused and (
+                got.cooldown > 0 or got.wait == math.inf or got.window > self._pause_after
+            ):
                 self.refusal = guard._refuse_paused(got)
             elif self._max_wait <= 0:
                 self.refusal = guard._refuse_busy(got, self.started)
@@ -275,8 +281,13 @@ class Admission:
         if self._tokens and completion is not None and completion.usage is not None:
             # Only a charged estimate needs settling (no token budget: nothing to correct).
             # A server's figure is believed only up to what the request could cost.
-            used = max(0, min(completion.usage.total_tokens, self._ceiling))
-            self.permit.settle(tokens=used)
+            usage, ceiling = completion.usage, self._ceiling
+            used = max(0, min(usage.total_tokens, ceiling))
+            self.permit.settle(
+                tokens=used,
+                input_tokens=max(0, min(usage.prompt_tokens, used)),
+                output_tokens=max(0, min(usage.completion_tokens, used)),
+            )
         result = self._guard._record(
             verdict, completion, self.probe, self.started, retry_index, error, self
         )
@@ -410,8 +421,10 @@ class Guard:
         if seen.wait == 0.0:
             return seen
         if seen.cooldown > 0:
-            return Availability(seen.wait, cooldown=seen.cooldown, reason=Outcome.COOLING_DOWN)
-        return Availability(seen.wait, reason=Outcome.BUSY)
+            return Availability(
+                seen.wait, cooldown=seen.cooldown, reason=Outcome.COOLING_DOWN, window=seen.window
+            )
+        return Availability(seen.wait, reason=Outcome.BUSY, window=seen.window)
 
     def unavailable_for(self) -> tuple[Outcome | None, float]:
         """``(None, 0)`` if the provider is not paused, else why (open, cooling) and how long."""
@@ -451,11 +464,14 @@ class Guard:
     def _set_budgets(self) -> None:
         """The LLM token budgets in force (own and pool), kept with the config they come from."""
         pool = self._pool_limits
+        own = self.config.limits
         self._budgets = tuple(
             b
             for b in (
-                self.config.limits.tokens_per_minute,
+                own.tokens_per_minute,
                 None if pool is None else pool.tokens_per_minute,
+                *(w.limit for w in own.windows if w.kind != "requests"),
+                *(() if pool is None else (w.limit for w in pool.windows if w.kind != "requests")),
             )
             if b is not None
         )
@@ -475,12 +491,15 @@ class Guard:
         max_wait: float,
         cancel: threading.Event | None = None,
         skip_paused: bool = True,
+        pause_after: float | None = None,
     ) -> Admission:
         """The admission for one attempt (use it in a ``with``); see :class:`Admission`.
 
         ``max_wait``: seconds to wait for a permit when none is free at once (``0``:
         one look). ``skip_paused``: refuse at once while the provider cools down
         (the chain moves on); ``False`` waits through the cooldown within ``max_wait``.
+        ``pause_after``: with ``skip_paused``, a window limit that holds the request
+        back longer than this counts as a pause too (``None``: ``max_wait``).
         """
         tokens = 0 if request is None else self._token_estimate(request)
         ceiling = 0 if not tokens or request is None else self.token_ceiling(request)
@@ -491,6 +510,7 @@ class Guard:
             cancel=cancel,
             skip_paused=skip_paused,
             ceiling=ceiling,
+            pause_after=pause_after,
         )
 
     def _refuse_open(self) -> AttemptResult:
@@ -506,9 +526,17 @@ class Guard:
             closed = AcquireTimeout(f"{self.name}: closed", waited=0.0, key=self.name)
             return self._skip(Outcome.BUSY, closed, math.inf)
         cool = seen.cooldown
-        error = ProviderError(
-            f"{self.name}: cooling down for {cool:.2f}s", provider=self.name, retry_after=cool
-        )
+        if seen.window > cool:  # a window limit (a quota spent) holds it back longer
+            cool = seen.window
+            error = ProviderError(
+                f"{self.name}: window limit reached; next admission in {cool:.2f}s",
+                provider=self.name,
+                retry_after=cool,
+            )
+        else:
+            error = ProviderError(
+                f"{self.name}: cooling down for {cool:.2f}s", provider=self.name, retry_after=cool
+            )
         return self._skip(Outcome.COOLING_DOWN, error, max(cool, seen.wait or 0.0))
 
     def _refuse_busy(self, seen: Availability, started: float) -> AttemptResult:
@@ -544,7 +572,13 @@ class Guard:
         """
         remaining = deadline - self.clock.monotonic()
         wait = remaining if max_wait is None else min(max_wait, remaining)
-        with self.admission(request, max_wait=max(0.0, wait), cancel=cancel) as adm:
+        # A window wait past what this provider may ever be waited for in this call (a
+        # spent quota) is skipped at once, as a cooldown; a shorter one is waited for.
+        limit = self.max_queue_wait
+        longest = remaining if limit is None else min(limit, remaining)
+        with self.admission(
+            request, max_wait=max(0.0, wait), cancel=cancel, pause_after=max(0.0, longest)
+        ) as adm:
             if adm.refusal is not None:
                 return adm.refusal
             if request.stream:
@@ -917,6 +951,7 @@ class Guard:
             limits=self.config.limits.model_dump(),
             shared=shared,
             learned=None if self.learner is None else self.learner.learned(),
+            windows=snap.windows,
             **figures,
         )
 

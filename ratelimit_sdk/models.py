@@ -265,12 +265,17 @@ class Availability:
     (closed). ``cooldown``: seconds of cooldown left (``0.0``: none), part of
     ``wait``. ``reason``: for a guard, the :class:`Outcome` a skip would record
     (``cooling_down``, ``circuit_open``, ``busy``); ``None`` when it admits now.
+    ``window``: seconds until the limiter's window limits (``windows=``) allow the
+    request (``0.0``: none holds it back; ``inf``: it never fits one), part of
+    ``wait`` unless only a release can tell; a guard skips a provider whose window
+    wait is longer than it may wait, as it does one cooling down.
     A look, not a reservation: it may be stale by the time the caller acts.
     """
 
     wait: float | None
     cooldown: float = 0.0
     reason: Outcome | None = None
+    window: float = 0.0
 
     @property
     def now(self) -> bool:
@@ -289,6 +294,9 @@ class LimiterSnapshot:
     ``tokens``: requests the bucket would admit now (``None``: no rate limit).
     ``llm_tokens``: LLM tokens left in the ``tokens_per_minute`` budget
     (``None``: no budget). ``cooldown_remaining`` and ``next_start_in`` are seconds.
+    ``windows``: one dict per window limit, its definition (``requests`` or a
+    tokens kind, ``per``, ``align``) with ``used`` (what counts now, allowance
+    included) and ``limit``; empty without windows.
     """
 
     in_flight: int
@@ -302,6 +310,7 @@ class LimiterSnapshot:
     llm_tokens: float | None
     cooldown_remaining: float
     next_start_in: float
+    windows: tuple[Mapping[str, Any], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -311,6 +320,8 @@ class ProviderStats:
     With a Redis backend, ``shared`` holds the figures every process sees.
     ``learned``: for a provider with ``"auto"`` limits, the values in force now
     (``{"max_concurrent": 3, "requests_per_minute": 2400.0}``); ``None`` otherwise.
+    ``windows``: each window limit with its ``used`` and ``limit`` now (see
+    :class:`LimiterSnapshot`).
     """
 
     name: str
@@ -330,6 +341,7 @@ class ProviderStats:
     limits: Mapping[str, Any] = field(default_factory=dict)
     shared: Mapping[str, Any] | None = None
     learned: Mapping[str, float] | None = None
+    windows: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def counters(self) -> dict[str, int]:

@@ -594,3 +594,166 @@ def test_a_bad_argument_is_a_config_error_naming_it(
     assert lim.in_flight == 0 and lim.queued == 0
     with lim.acquire(timeout=SLOW, units=2):
         pass
+
+
+# -- window limits ("at most N per T") ----------------------------------------------------------
+
+
+def _used(lim: Limiter) -> list[float]:
+    return [float(w["used"]) for w in lim.snapshot().windows]
+
+
+def test_a_window_admits_n_then_says_how_long_it_holds_back(make: Make) -> None:
+    lim = make(windows=[{"requests": 3, "per": 30}])
+    held = [lim.try_acquire() for _ in range(3)]
+    assert all(p is not None for p in held)
+    assert lim.try_acquire() is None
+    seen = lim.try_admit()
+    assert isinstance(seen, Availability)
+    assert 25 < seen.window <= 31
+    assert seen.wait is not None and seen.wait >= seen.window - 1
+    assert 25 < lim.availability().window <= 31
+    assert _used(lim) == [3]
+    for p in held:
+        assert p is not None
+        p.release()
+    assert lim.try_acquire() is None  # a release gives no start back
+
+
+def test_a_sliding_window_admits_again_once_the_oldest_leaves(make: Make) -> None:
+    lim = make(windows=[{"requests": 2, "per": 0.6}])
+    t0 = time.monotonic()
+    lim.acquire(timeout=SLOW).release()
+    lim.acquire(timeout=SLOW).release()
+    lim.acquire(timeout=SLOW).release()  # waits for the first to leave the window
+    assert time.monotonic() - t0 >= 0.9 * 0.6
+    assert time.monotonic() - t0 < 0.6 + SLOW
+
+
+def test_a_utc_window_counts_until_its_boundary(make: Make) -> None:
+    lim = make(windows=[{"requests": 2, "per": 3600, "align": "utc"}])
+    assert lim.try_acquire() is not None
+    assert lim.try_acquire() is not None
+    assert lim.try_acquire() is None
+    wait = lim.availability().window
+    assert 0 < wait <= 3600
+    assert lim.limits()["windows"] == [{"requests": 2, "per": 3600.0, "align": "utc"}]  # type: ignore[attr-defined]
+
+
+def test_a_token_window_is_charged_the_estimate_and_settled(make: Make) -> None:
+    lim = make(windows=[{"tokens": 100, "per": 60}])
+    first = lim.acquire(timeout=0, tokens=80)
+    assert lim.try_acquire(tokens=30) is None
+    first.settle(tokens=50)
+    assert _used(lim) == [50]
+    second = lim.try_acquire(tokens=30)
+    assert second is not None
+    second.settle(tokens=40)  # 10 more than its estimate
+    assert _used(lim) == [90]
+    with pytest.raises(RequestTooLargeError):
+        lim.acquire(timeout=0, tokens=101)
+
+
+def test_input_and_output_token_windows_settle_with_their_own_counts(make: Make) -> None:
+    lim = make(
+        windows=[
+            {"tokens": 1000, "per": 60},
+            {"input_tokens": 1000, "per": 60},
+            {"output_tokens": 1000, "per": 60},
+        ]
+    )
+    p = lim.acquire(timeout=0, tokens=300)
+    assert _used(lim) == [300, 300, 300]
+    p.settle(tokens=250, input_tokens=200, output_tokens=50)
+    assert _used(lim) == [250, 200, 50]
+
+
+def test_windows_change_hot_and_keep_what_a_same_window_counted(make: Make) -> None:
+    lim = make(windows=[{"requests": 2, "per": 30}])
+    lim.acquire(timeout=0)
+    lim.acquire(timeout=0)
+    assert lim.try_acquire() is None
+    lim.update(windows=[{"requests": 3, "per": 30}, {"tokens": 10, "per": 30}])
+    assert _used(lim) == [2, 0]
+    assert lim.try_acquire() is not None
+    assert lim.try_acquire() is None
+    assert lim.limits()["windows"][0] == {"requests": 3, "per": 30.0, "align": "sliding"}  # type: ignore[attr-defined]
+    lim.update(windows=[])
+    assert "windows" not in lim.limits()  # type: ignore[attr-defined]
+    assert lim.try_acquire() is not None
+
+
+def test_a_pool_window_bounds_its_members_together(
+    make: Make, request: pytest.FixtureRequest
+) -> None:
+    key = getattr(request.node, "name", "t")[-20:]
+    pool = make(key=f"{key}-pool-{id(request)}", windows=[{"requests": 2, "per": 30}])
+    a = make(key=f"{key}-a-{id(request)}", pool=pool)
+    b = make(key=f"{key}-b-{id(request)}", pool=pool)
+    assert a.try_acquire() is not None
+    assert b.try_acquire() is not None
+    assert a.try_acquire() is None
+    assert b.try_acquire() is None
+    assert 25 < b.availability().window <= 31
+    assert _used(pool) == [2]
+
+
+BAD_WINDOWS: list[tuple[object, str]] = [
+    ([{"requests": 0, "per": 1}], "windows[0].requests"),
+    ([{"requests": 1, "per": "1w"}], "windows[0].per"),
+    ([{"requests": 1, "per": 0.0001}], "windows[0].per"),
+    ([{"requests": 1, "tokens": 1, "per": 1}], "windows[0]"),
+    ([{"requests": 1, "per": 1, "align": "gmt"}], "windows[0].align"),
+    ([{"requests": 1, "per": 1, "every": 1}], "windows[0].every"),
+    ([{"requests": True, "per": 1}], "windows[0].requests"),
+]
+
+
+@pytest.mark.parametrize(("windows", "field"), BAD_WINDOWS, ids=[f for _, f in BAD_WINDOWS])
+def test_a_bad_window_is_a_config_error_naming_it(make: Make, windows: object, field: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        make(windows=windows)
+    assert caught.value.field == field
+    lim = make()
+    with pytest.raises(ConfigError) as caught:
+        lim.update(windows=windows)
+    assert caught.value.field == field
+    assert "windows" not in lim.limits()  # type: ignore[attr-defined]
+
+
+def test_a_token_window_settles_a_call_admitted_without_an_estimate(make: Make) -> None:
+    lim = make(windows=[{"requests": 5, "per": 30}, {"tokens": 100, "per": 30}])
+    p = lim.acquire(timeout=0)
+    assert _used(lim) == [1, 0]
+    p.settle(tokens=40)
+    assert _used(lim) == [1, 40]
+    assert lim.try_acquire(tokens=61) is None
+    assert lim.try_acquire(tokens=60) is not None
+
+
+def test_a_pool_token_window_is_settled_with_its_member(
+    make: Make, request: pytest.FixtureRequest
+) -> None:
+    tag = f"{id(request)}"
+    pool = make(key=f"settle-pool-{tag}", windows=[{"tokens": 100, "per": 30}])
+    member = make(key=f"settle-member-{tag}", pool=pool, windows=[{"tokens": 1000, "per": 30}])
+    p = member.acquire(timeout=0, tokens=90)
+    assert member.try_acquire(tokens=20) is None  # the pool's window
+    p.settle(tokens=30)
+    assert _used(pool) == [30] and _used(member) == [30]
+    assert member.try_acquire(tokens=70) is not None
+
+
+def test_a_utc_window_admits_n_per_wall_clock_second(make: Make) -> None:
+    """2 per UTC second: 6 blocking acquires span at least 3 seconds of the wall clock."""
+    lim = make(windows=[{"requests": 2, "per": 1, "align": "utc"}])
+    seconds: dict[int, int] = {}
+    t0 = time.monotonic()
+    for _ in range(6):
+        before = time.time()
+        lim.acquire(timeout=SLOW).release()
+        after = time.time()
+        if math.floor(before) == math.floor(after):  # unambiguous: admitted in that second
+            seconds[math.floor(after)] = seconds.get(math.floor(after), 0) + 1
+    assert time.monotonic() - t0 > 1.0  # two boundaries crossed at least
+    assert all(n <= 2 for n in seconds.values()), seconds

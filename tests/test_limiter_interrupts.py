@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 
+import ratelimit_sdk._windows as windows_module
 import ratelimit_sdk.limiter.base as base_module
 import ratelimit_sdk.limiter.bucket as bucket_module
 import ratelimit_sdk.limiter.memory as memory_module
@@ -43,7 +44,9 @@ from ratelimit_sdk.limiter.base import Permit
 from ratelimit_sdk.limiter.memory import MemoryLimiter
 from ratelimit_sdk.testing.clock import FakeClock
 
-LIMITER_FILES = frozenset({memory_module.__file__, base_module.__file__, bucket_module.__file__})
+LIMITER_FILES = frozenset(
+    {memory_module.__file__, base_module.__file__, bucket_module.__file__, windows_module.__file__}
+)
 
 _QUIET_NOPS: dict[CodeType, frozenset[int]] = {}
 
@@ -220,7 +223,19 @@ def _fast_path_runs() -> Iterator[tuple[str, Callable[[], MemoryLimiter], Callab
         p2.settle(tokens=20)
         p2.release()
 
+    def windowed() -> MemoryLimiter:
+        pool = MemoryLimiter(windows=[{"tokens": 10**9, "per": 60}])
+        return MemoryLimiter(
+            max_concurrent=2,
+            pool=pool,
+            windows=[
+                {"requests": 10**6, "per": 60},
+                {"input_tokens": 10**9, "per": 60, "align": "utc"},
+            ],
+        )
+
     yield "simple", simple, plain_use
+    yield "windows", windowed, token_use
     yield "every_limit", every_limit, plain_use
     yield "tokens", every_limit, token_use
     yield "pooled", pooled, plain_use
@@ -242,6 +257,50 @@ def test_an_interrupt_anywhere_on_the_fast_path_leaves_the_limiter_sound(
         use(box[0])
 
     assert _sweep(setup, run, lambda where: _assert_sound(box[0], where)) > 20
+
+
+def test_an_interrupt_anywhere_leaves_window_charges_matching_the_permits_handed_out() -> None:
+    """Window charges come with the permit and are undone exactly once with it."""
+    box: list[MemoryLimiter] = []
+    got: list[Permit] = []
+
+    def setup() -> None:
+        pool = MemoryLimiter(windows=[{"requests": 100, "per": 60}])
+        box[:] = [
+            MemoryLimiter(
+                max_concurrent=2,
+                pool=pool,
+                windows=[{"requests": 100, "per": 60}, {"tokens": 10**6, "per": 60}],
+            )
+        ]
+        got.clear()
+
+    def run() -> None:
+        lim = box[0]
+        got.append(lim.acquire(timeout=1, tokens=7))
+        got.append(lim.acquire(timeout=1, tokens=5))
+        got[0].settle(tokens=3)
+
+    def check(where: str) -> None:
+        lim = box[0]
+        assert lim.pool is not None
+        requests, tokens = (w["used"] for w in lim.snapshot().windows)
+        # An interrupt on acquire's return event lands after the permit left the limiter
+        # (as one in the caller's code would): that request counts; its permit is collected.
+        lost = 1 if where == "acquire:return" else 0
+        held = len(got) + lost
+        assert requests == held, f"interrupt at {where}: {requests} charged, {held} handed out"
+        assert lim.pool.snapshot().windows[0]["used"] == held, where
+        charged = sum(p.tokens for p in got) + (0 if not lost else 7 if not got else 5)
+        allowed = {charged}
+        if got and got[0]._settled:  # a settle cut short counts as made (at most once)
+            allowed.add(charged - got[0].tokens + 3)
+        assert tokens in allowed, f"interrupt at {where}: {tokens} tokens, not in {allowed}"
+        for p in got:
+            p.release()
+        _assert_sound(lim, where)
+
+    assert _sweep(setup, run, check) > 20
 
 
 def test_an_interrupt_anywhere_in_a_fake_clock_wait_leaves_the_limiter_sound() -> None:

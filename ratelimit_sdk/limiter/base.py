@@ -19,6 +19,7 @@ import threading
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from .._windows import check_windows
 from ..clock import Clock
 from ..errors import ConfigError
 from ..models import AVAILABLE_NOW, Availability, LimiterSnapshot
@@ -41,6 +42,7 @@ _LIMIT_FIELDS = (
     "min_interval",
     "tokens_per_minute",
     "margin",
+    "windows",
 )
 
 
@@ -51,6 +53,9 @@ def check_limits(fields: dict[str, Any]) -> None:
             raise ConfigError(
                 f"{name}: unknown limit (known: {', '.join(_LIMIT_FIELDS)})", field=name
             )
+        if name == "windows":
+            check_windows(value)
+            continue
         if value is None:
             if name in ("min_interval", "margin"):
                 raise ConfigError(f"{name}: must be a number >= 0 (got None)", field=name)
@@ -213,20 +218,38 @@ class Permit:
         if not self._released:
             self._owner._release(self)
 
-    def settle(self, *, tokens: int) -> None:
+    def settle(
+        self, *, tokens: int, input_tokens: int | None = None, output_tokens: int | None = None
+    ) -> None:
         """Replace the token estimate charged at admission by the real count ``tokens``.
 
         Refunds the difference when the estimate was high, charges it when low.
         May be called once, before or after release; later calls are ignored (an
         interrupted call counts as made: at most once, never twice).
+
+        Windows of ``input_tokens`` / ``output_tokens`` (see ``Limiter(windows=...)``)
+        are settled with ``input_tokens`` / ``output_tokens`` when given, else with
+        ``tokens``. The estimate reserved at admission is the total, charged to every
+        token window alike (an upper bound for each kind); the correction goes to
+        the window slots where the admission was charged.
         """
         check_tokens(tokens)
+        if input_tokens is not None:
+            check_tokens(input_tokens)
+        if output_tokens is not None:
+            check_tokens(output_tokens)
         if self._settled:
             return
         self._settled = True
         diff = tokens - self.tokens
-        if diff:
-            self._owner._settle(self, diff)
+        if input_tokens is None and output_tokens is None:
+            if diff:
+                self._owner._settle(self, diff)
+            return
+        in_diff = diff if input_tokens is None else input_tokens - self.tokens
+        out_diff = diff if output_tokens is None else output_tokens - self.tokens
+        if diff or in_diff or out_diff:
+            self._owner._settle(self, diff, (in_diff, out_diff))
 
     def mark_sent(self) -> None:
         """The request this permit admitted is leaving now (call right after writing it).
@@ -272,9 +295,19 @@ class Limiter(abc.ABC):
     """Admission control for one provider (or any API): concurrency, rate, spacing, cooldown.
 
     ``Limiter(max_concurrent=4, requests_per_minute=600, burst=5, min_interval=0.0,
-    tokens_per_minute=None, backend="memory", key=None)``. ``None`` means no such
-    limit. With ``backend="redis://..."`` every process using the same ``key``
-    shares the limits.
+    tokens_per_minute=None, backend="memory", key=None, windows=None)``. ``None``
+    means no such limit. With ``backend="redis://..."`` every process using the
+    same ``key`` shares the limits.
+
+    ``windows``: window limits, "at most N per T", each a dict
+    ``{"requests": N, "per": T}`` (or ``tokens``, ``input_tokens``,
+    ``output_tokens``; ``per`` in seconds or ``"500ms"``, ``"10s"``, ``"1m"``,
+    ``"2h"``, ``"1d"``) with ``"align": "sliding"`` (any interval of length T, the
+    default) or ``"utc"`` (fixed windows reset at UTC multiples of T). They are
+    admitted in the same decision as the other limits and allow for the jitter
+    margin (N in any ``T + margin``). Each window keeps at most 101 slots of
+    ``T / 100``; a charge counts from its slot's end, so it may cost up to
+    ``T / 100`` of extra wait, never an extra admission. See :mod:`ratelimit_sdk._windows`.
 
     Thread-safe: one limiter is meant to be shared by every thread that calls the
     same API. Waiting is first come, first served, and bounded by ``timeout``.
@@ -388,7 +421,9 @@ class Limiter(abc.ABC):
         """Change any limit while running; ``None`` removes a limit.
 
         Fields: ``max_concurrent``, ``requests_per_minute``, ``burst``,
-        ``min_interval``, ``tokens_per_minute``. Lowering ``max_concurrent``
+        ``min_interval``, ``tokens_per_minute``, ``margin``, ``windows`` (the whole
+        list; a window of the same kind, length and alignment as a current one
+        keeps what was charged to it). Lowering ``max_concurrent``
         admits nobody until in-flight is under the new value; raising it admits
         waiting threads at once.
         """
@@ -475,8 +510,12 @@ class Limiter(abc.ABC):
         raise _unimplemented(self, "_release")
 
     @_abstract
-    def _settle(self, permit: Permit, diff: int) -> None:
-        """Charge ``diff`` more LLM tokens (a refund when negative) for ``permit``."""
+    def _settle(self, permit: Permit, diff: int, kinds: tuple[int, int] | None = None) -> None:
+        """Charge ``diff`` more LLM tokens (a refund when negative) for ``permit``.
+
+        ``kinds``: the differences for the ``input_tokens`` and ``output_tokens``
+        windows when they differ from ``diff`` (``None``: both are ``diff``).
+        """
         raise _unimplemented(self, "_settle")
 
     def _mark_sent(self, permit: Permit) -> None:  # noqa: B027 - optional, a no-op by default

@@ -31,9 +31,10 @@ import logging
 import math
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
+from .._windows import WindowCounter, check_windows, describe
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import AcquireTimeout, ConfigError, RequestTooLargeError
 from ..models import Availability, LimiterSnapshot
@@ -46,6 +47,9 @@ __all__ = ["MemoryLimiter"]
 _log = logging.getLogger("ratelimit_sdk")
 _T = TypeVar("_T")
 _INF = math.inf
+_NO_AMOUNTS: list[tuple[dict[int, float], int, float]] = []
+#: The undo list of a grant without windows (never appended to).
+_NO_UNDO: list[tuple[dict[int, float], int, float | None]] = []
 #: Wake-up times closer than this count as unchanged (no needless notify).
 _WAKE_SLACK = 1e-6
 
@@ -241,18 +245,76 @@ def _rebuilt(
     return new
 
 
-def _set_levels(levels: list[tuple[TokenBucket, float]]) -> None:
-    """Store each bucket's new level; an exception part-way stores them all (again)."""
+def _set_levels(
+    levels: list[tuple[TokenBucket, float]],
+    amounts: list[tuple[dict[int, float], int, float]] = _NO_AMOUNTS,
+) -> None:
+    """Store each bucket's new level and each window slot's new amount.
+
+    An exception part-way stores them all (again).
+    """
     try:
         for bucket, level in levels:
             bucket.level = level
+        for slots, i, value in amounts:
+            slots[i] = value
     except BaseException:
         for bucket, level in levels:
             bucket.level = level
+        for slots, i, value in amounts:
+            slots[i] = value
         raise
 
 
-#: The limits ``update`` stores together: max, rpm, burst, interval, tpm, margin, buckets.
+def _undo_windows(undo: _Undo) -> None:
+    """Put window slots back as they were before a charge (an exception part-way: again)."""
+    try:
+        for slots, i, old in reversed(undo):
+            if old is None:
+                slots.pop(i, None)
+            else:
+                slots[i] = old
+    except BaseException:
+        for slots, i, old in reversed(undo):
+            if old is None:
+                slots.pop(i, None)
+            else:
+                slots[i] = old
+        raise
+
+
+def _window_changes(
+    permit: _LocalPermit, diff: int | None, kinds: tuple[int, int] | None
+) -> list[tuple[dict[int, float], int, float]]:
+    """The new amounts of the window slots ``permit`` was charged to (nothing stored yet).
+
+    ``diff`` ``None``: the admission is undone (each charge taken back); else the
+    settle's token differences (``kinds``: for the input and output windows).
+    Slots already dropped stay dropped; no amount goes below zero.
+    """
+    out: list[tuple[dict[int, float], int, float]] = []
+    for w, idx in getattr(permit, "_win", ()):
+        kind = w.spec.kind
+        if diff is None:
+            change = -(permit.tokens if kind != "requests" else 1)
+        elif kind == "requests":
+            continue
+        elif kinds is None or kind == "tokens":
+            change = diff
+        else:
+            change = kinds[0] if kind == "input_tokens" else kinds[1]
+        if not change:
+            continue
+        slots = w.slots
+        for i in idx:
+            value = slots.get(i)
+            if value is not None:
+                out.append((slots, i, max(0.0, value + change)))
+    return out
+
+
+#: The limits ``update`` stores together: max, rpm, burst, interval, tpm, margin, buckets,
+#: windows.
 _Limits = tuple[
     int | None,
     float | None,
@@ -262,7 +324,11 @@ _Limits = tuple[
     float,
     TokenBucket | None,
     TokenBucket | None,
+    tuple[WindowCounter, ...],
 ]
+
+#: A window charge to put back: the slots, the slot index, the amount before (None: none).
+_Undo = list[tuple[dict[int, float], int, float | None]]
 
 #: What ``_grant`` saves to put back: in flight, last start, (level, stamp) x 2.
 _Saved = tuple[int, float, tuple[float, float] | None, tuple[float, float] | None]
@@ -284,6 +350,11 @@ class MemoryLimiter(Limiter):
     idle for 30 s) adds three times the margin to the first burst; a rate-limit
     refusal of a paced request widens it (:meth:`report_overrun`). See
     :mod:`ratelimit_sdk.limiter.bucket`.
+
+    ``windows=``: window limits (see :class:`~.base.Limiter`), checked and
+    charged in the same critical section as the rest; a permit remembers the
+    window slots it was charged to (for its settle and its undoing). The jitter
+    allowance they use is read through :meth:`_window_allowance` (today ``margin``).
 
     ``pool=`` makes this limiter a member of a shared pool (another
     ``MemoryLimiter``): each request then also holds ``pool_units`` of the pool's
@@ -336,6 +407,7 @@ class MemoryLimiter(Limiter):
         pool: MemoryLimiter | None = None,
         pool_units: int = 1,
         margin: float = DEFAULT_MARGIN,
+        windows: Iterable[Any] | None = None,
     ) -> None:
         check_limits(
             {
@@ -347,6 +419,7 @@ class MemoryLimiter(Limiter):
                 "margin": margin,
             }
         )
+        specs = check_windows(windows)
         self.key = key
         self.clock = clock if clock is not None else SYSTEM_CLOCK
         now = self.clock.monotonic()
@@ -367,6 +440,7 @@ class MemoryLimiter(Limiter):
         self._warm = False  # a request came back since the limiter went idle
         self._last_take = -_INF
         self._taken_allow = _INF  # the allowance of the latest take, for its permit
+        self._windows: tuple[WindowCounter, ...] = tuple(WindowCounter(w) for w in specs)
         self._build_buckets(now)
         self._pool: MemoryLimiter | None = None
         self._pool_units = 1
@@ -423,6 +497,9 @@ class MemoryLimiter(Limiter):
         together (an exception part-way puts the old ones back).
         """
         check_limits(limits)
+        windows = self._windows
+        if "windows" in limits:
+            windows = self._windows_for(check_windows(limits.pop("windows")))
         group = self._group
         with group.lock:
             now = self.clock.monotonic()
@@ -434,7 +511,17 @@ class MemoryLimiter(Limiter):
             margin = float(new["margin"])
             rpm, tpm = new["requests_per_minute"], new["tokens_per_minute"]
             bucket, tbucket = self._buckets_for(rpm, burst, tpm, now)
-            new_limits: _Limits = (mx, rpm, burst, interval, tpm, margin, bucket, tbucket)
+            new_limits: _Limits = (
+                mx,
+                rpm,
+                burst,
+                interval,
+                tpm,
+                margin,
+                bucket,
+                tbucket,
+                windows,
+            )
             _dispatch_after(group, self.clock, lambda: self._set_limits(new_limits))
 
     def _set_limits(self, new: _Limits) -> None:
@@ -453,6 +540,7 @@ class MemoryLimiter(Limiter):
             self._margin,
             self._bucket,
             self._tbucket,
+            self._windows,
         )
         try:
             self._store_limits(new)
@@ -471,7 +559,31 @@ class MemoryLimiter(Limiter):
             self._margin,
             self._bucket,
             self._tbucket,
+            self._windows,
         ) = values
+
+    def _windows_for(self, specs: Iterable[Any]) -> tuple[WindowCounter, ...]:
+        """Counters for these windows (the current ones untouched).
+
+        One like a current window (same kind, length, alignment) takes over what
+        was charged to it.
+        """
+        counters = []
+        for spec in specs:
+            counter = WindowCounter(spec)
+            for old in self._windows:
+                if old.spec.same_clock(spec):
+                    counter.carry_from(old)
+                    break
+            counters.append(counter)
+        return tuple(counters)
+
+    def _window_allowance(self) -> float:
+        """Seconds of jitter between admission and the server's arrival that windows allow for.
+
+        The one place windows read the allowance (today the fixed ``margin``).
+        """
+        return self._margin
 
     def cooldown(self, seconds: float) -> None:
         """Admit nobody for ``seconds`` from now (extends, never shortens, a cooldown)."""
@@ -552,7 +664,57 @@ class MemoryLimiter(Limiter):
             d = tbucket.delay(tokens, now)
             if d > delay:
                 delay = d
+        if self._windows:
+            d = self._window_delay(tokens, now)
+            if d > delay:
+                delay = d
         return delay
+
+    def _window_delay(self, tokens: int, now: float) -> float:
+        """Seconds until every window allows the request (``inf``: it never fits one)."""
+        allowance = self._window_allowance()
+        epoch = self.clock.time()
+        delay = 0.0
+        for w in self._windows:
+            amount = tokens if w.spec.kind != "requests" else 1
+            if amount:
+                d = w.delay(amount, now, epoch, allowance)
+                if d > delay:
+                    delay = d
+        return delay
+
+    def _charge_windows(self, permit: Permit, now: float, undo: _Undo) -> None:
+        """Charge ``permit`` to every window (lock held); ``undo`` gets what to put back.
+
+        Each slot's old amount is appended to ``undo`` before the slot changes, so a
+        cut-short charge is put back whole by :func:`_undo_windows`. The permit keeps
+        the slots it was charged to (for its settle and its undoing).
+        """
+        allowance = self._window_allowance()
+        epoch = self.clock.time()
+        charged: list[tuple[WindowCounter, tuple[int, ...]]] = []
+        for w in self._windows:
+            # (A token window is charged 0 for a call without an estimate: its settle
+            # then has the admission's slot to correct.)
+            amount = permit.tokens if w.spec.kind != "requests" else 1
+            idx = w.indexes(now, epoch, allowance)
+            slots = w.slots
+            for i in idx:
+                old = slots.get(i)
+                undo.append((slots, i, old))
+                slots[i] = (old or 0.0) + amount
+            charged.append((w, idx))
+        if isinstance(permit, _LocalPermit):
+            permit._win = (*getattr(permit, "_win", ()), *charged)
+
+    def _window_stats(self, now: float) -> tuple[dict[str, Any], ...]:
+        """Each window with what it counts now (``used``) and its ``limit`` (lock held)."""
+        allowance = self._window_allowance()
+        epoch = self.clock.time()
+        return tuple(
+            {**w.spec.as_dict(), "used": w.used(now, epoch, allowance), "limit": w.limit}
+            for w in self._windows
+        )
 
     def _take(self, units: int, tokens: int, now: float) -> None:
         bucket, interval, tbucket = self._bucket, self._interval, self._tbucket
@@ -594,6 +756,13 @@ class MemoryLimiter(Limiter):
                 raise RequestTooLargeError(
                     f"tokens={tokens} can never be admitted: tokens_per_minute is {lim._tpm:g}"
                 )
+            if lim is not None and lim._windows:
+                for w in lim._windows:
+                    if w.spec.kind != "requests" and tokens > w.limit:
+                        raise RequestTooLargeError(
+                            f"tokens={tokens} can never be admitted: a window allows "
+                            f"{describe(w.spec)}"
+                        )
 
     def acquire(
         self,
@@ -624,7 +793,12 @@ class MemoryLimiter(Limiter):
                     if self._delay(units, tokens, now) == 0.0 and (
                         pool is None or pool._delay(self._pool_units, tokens, now) == 0.0
                     ):
-                        if pool is None and self._bucket is None and self._tbucket is None:
+                        if (
+                            pool is None
+                            and self._bucket is None
+                            and self._tbucket is None
+                            and not self._windows
+                        ):
                             # _grant's short case, inlined: the hot path of every acquire.
                             in_flight, last_start = self._in_flight, self._last_start
                             try:
@@ -662,7 +836,16 @@ class MemoryLimiter(Limiter):
         """
         if self._is_closed():
             return Availability(math.inf)
-        return super().availability(units=units, tokens=tokens)
+        seen = super().availability(units=units, tokens=tokens)
+        pool = self._pool
+        if seen.wait == 0.0 or not (self._windows or (pool is not None and pool._windows)):
+            return seen
+        with self._group.lock:
+            now = self.clock.monotonic()
+            window = self._window_delay(tokens, now) if self._windows else 0.0
+            if pool is not None and pool._windows:
+                window = max(window, pool._window_delay(tokens, now))
+        return Availability(seen.wait, cooldown=seen.cooldown, window=window)
 
     def try_admit(self, *, units: int = 1, tokens: int = 0) -> Permit | Availability:
         """Admit now, or say from when (``Availability(math.inf)`` once closed)."""
@@ -719,7 +902,7 @@ class MemoryLimiter(Limiter):
         counter and bucket back as it was and leaves the permit not held.
         """
         pool = self._pool
-        if pool is None and self._bucket is None and self._tbucket is None:
+        if pool is None and self._bucket is None and self._tbucket is None and not self._windows:
             # Concurrency (and spacing) only: the common case, kept short.
             in_flight, last_start = self._in_flight, self._last_start
             try:
@@ -740,17 +923,27 @@ class MemoryLimiter(Limiter):
             None if t is None else (t.level, t.stamp),
         )
         pool_saved = None if pool is None else pool._save()
+        undo = _NO_UNDO  # (a list of its own only with windows: nothing to allocate else)
         try:
             self._take(permit.units, permit.tokens, now)
             permit._at, permit._allow = now, self._taken_allow
+            if self._windows:
+                undo = []
+                self._charge_windows(permit, now, undo)
             if pool is not None and isinstance(permit, _PooledPermit):
                 pool._take(permit.pool_units, permit.tokens, now)
+                if pool._windows:
+                    if undo is _NO_UNDO:
+                        undo = []
+                    pool._charge_windows(permit, now, undo)
             permit._released = False
         except BaseException:
             permit._released = True
             self._restore(saved)
             if pool is not None and pool_saved is not None:
                 pool._restore(pool_saved)
+            if undo:
+                _undo_windows(undo)
             raise
 
     def _save(self) -> _Saved:
@@ -852,6 +1045,7 @@ class MemoryLimiter(Limiter):
             t = lim._tbucket
             if t is not None and permit.tokens:
                 levels.append((t, min(t.capacity, t.level + permit.tokens)))
+        amounts = _window_changes(permit, None, None) if isinstance(permit, _LocalPermit) else []
 
         def store() -> None:
             permit._released = True
@@ -859,6 +1053,8 @@ class MemoryLimiter(Limiter):
                 lim._in_flight = in_flight
             for bucket, level in levels:
                 bucket.level = level
+            for slots, i, value in amounts:
+                slots[i] = value
 
         try:
             store()
@@ -966,18 +1162,23 @@ class MemoryLimiter(Limiter):
             with group.lock:
                 _dispatch_after(group, self.clock, lambda: _drain_orphans(group))
 
-    def _settle(self, permit: Permit, diff: int) -> None:
+    def _settle(self, permit: Permit, diff: int, kinds: tuple[int, int] | None = None) -> None:
         group = self._group
         with group.lock:
             levels: list[tuple[TokenBucket, float]] = []
             for lim in (self, self._pool):
-                if lim is None or lim._tbucket is None:
+                if lim is None or lim._tbucket is None or not diff:
                     continue
                 t = lim._tbucket
                 # debit may go negative; a refund stops at capacity (as give does)
                 levels.append((t, t.level - diff if diff > 0 else min(t.capacity, t.level - diff)))
-            _set_levels(levels)
-            if diff < 0 and group.queue:
+            amounts = (
+                _window_changes(permit, diff, kinds)
+                if isinstance(permit, _LocalPermit) and getattr(permit, "_win", None)
+                else []
+            )
+            _set_levels(levels, amounts)
+            if group.queue and (diff < 0 or (kinds is not None and min(kinds) < 0)):
                 _dispatch(group, self.clock.monotonic(), None)
 
     # -- observation -----------------------------------------------------------------------
@@ -1017,11 +1218,15 @@ class MemoryLimiter(Limiter):
                 llm_tokens=(None if self._tbucket is None else self._tbucket.available(now)),
                 cooldown_remaining=max(0.0, self._cool_until - now),
                 next_start_in=next_start,
+                windows=self._window_stats(now) if self._windows else (),
             )
 
     def limits(self) -> dict[str, Any]:
-        """The current limits as keyword arguments (what :meth:`update` takes)."""
-        return {
+        """The current limits as keyword arguments (what :meth:`update` takes).
+
+        ``windows`` (a list of window dicts) appears only when there are windows.
+        """
+        out: dict[str, Any] = {
             "max_concurrent": self._max,
             "requests_per_minute": self._rpm,
             "burst": self._burst,
@@ -1029,9 +1234,12 @@ class MemoryLimiter(Limiter):
             "tokens_per_minute": self._tpm,
             "margin": self._margin,
         }
+        if self._windows:
+            out["windows"] = [w.spec.as_dict() for w in self._windows]
+        return out
 
     def __repr__(self) -> str:
-        parts = [f"{k}={v!r}" for k, v in self.limits().items() if v not in (None, 0.0)]
+        parts = [f"{k}={v!r}" for k, v in self.limits().items() if v is not None and v != 0.0]
         if self.key:
             parts.insert(0, f"key={self.key!r}")
         return (
@@ -1041,9 +1249,15 @@ class MemoryLimiter(Limiter):
 
 
 class _LocalPermit(Permit):
-    """A permit of the in-memory limiter: built not yet held; ``_grant`` marks it held."""
+    """A permit of the in-memory limiter: built not yet held; ``_grant`` marks it held.
 
-    __slots__ = ()
+    ``_win``: the window slots its admission was charged to (counter, slot indexes),
+    for its settle and its undoing; empty without windows.
+    """
+
+    __slots__ = ("_win",)
+
+    _win: tuple[tuple[WindowCounter, tuple[int, ...]], ...]
 
     def __init__(self, owner: MemoryLimiter, units: int, tokens: int) -> None:
         # Not Permit.__init__ with a keyword: this is the hot path of every acquire.
@@ -1051,7 +1265,7 @@ class _LocalPermit(Permit):
         self._settled = False
         self._owner = owner
         self.units = units
-        self.tokens = tokens
+        self.tokens = tokens  # (``_win`` stays unset until a window charges it: read by getattr)
         self._at = 0.0
         self._allow = _INF
 

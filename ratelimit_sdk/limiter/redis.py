@@ -68,9 +68,10 @@ import contextlib
 import dataclasses
 import math
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
+from .._windows import check_windows
 from ..clock import SYSTEM_CLOCK, Clock
 from ..errors import ConfigError
 from ..models import AVAILABLE_NOW, Availability, LimiterSnapshot
@@ -91,8 +92,8 @@ from .redis_scripts import (
     Scripts,
     check_options,
     client_from_url,
+    field_text,
     import_redis,
-    num,
     text,
 )
 from .redis_store import LimiterKeys, RedisStore
@@ -177,6 +178,7 @@ class RedisLimiter(Limiter):
         redis_client: redis.Redis | None = None,
         socket_timeout: float = DEFAULT_SOCKET_TIMEOUT,
         backend_retry: float = DEFAULT_BACKEND_RETRY,
+        windows: Iterable[Any] | None = None,
     ) -> None:
         limits: dict[str, Any] = {
             "max_concurrent": max_concurrent,
@@ -187,6 +189,7 @@ class RedisLimiter(Limiter):
             "margin": margin,
         }
         check_limits(limits)
+        specs = check_windows(windows)
         key = check_options(
             key, prefix, lease_timeout, socket_timeout, backend_retry, on_backend_error
         )
@@ -219,6 +222,7 @@ class RedisLimiter(Limiter):
                 "min_interval": float(min_interval),
                 "tokens_per_minute": tokens_per_minute,
                 "margin": float(margin),
+                "windows": [w.as_dict() for w in specs],
             },
             clock=self.clock,
             on_backend_error=on_backend_error,
@@ -287,10 +291,12 @@ class RedisLimiter(Limiter):
         check_limits(limits)
         if not limits:
             return
+        if "windows" in limits:
+            limits["windows"] = [w.as_dict() for w in check_windows(limits["windows"])]
         store = self.store
         pairs: list[str] = []
         for name, value in limits.items():
-            pairs += [SHORT_NAMES[name], num(value)]
+            pairs += [SHORT_NAMES[name], field_text(name, value)]
         if not store.use_local():
             k = store.keys
             try:
@@ -445,8 +451,8 @@ class RedisLimiter(Limiter):
         if got.cooldown is None:  # threads of this process wait ahead, or Redis is down: look
             return self.availability(units=units, tokens=tokens)
         if got.wait == 0.0:  # could not happen for a try; never report "now" for a refusal
-            return Availability(None, cooldown=got.cooldown)
-        return Availability(got.wait, cooldown=got.cooldown)
+            return Availability(None, cooldown=got.cooldown, window=got.window)
+        return Availability(got.wait, cooldown=got.cooldown, window=got.window)
 
     # -- observation -----------------------------------------------------------------------
 
@@ -515,7 +521,7 @@ class RedisLimiter(Limiter):
                 "limits_version": None,
                 "limits": self.limits(),
             }
-        del stats["admit_in"]
+        del stats["admit_in"], stats["window"]
         return {"backend": "redis", "key": self.key, **stats, "limits": self.limits()}
 
     def time_to_admit(self, *, units: int = 1, tokens: int = 0) -> float | None:
@@ -539,16 +545,23 @@ class RedisLimiter(Limiter):
             return Availability(math.inf)
         stats = self.store.stats(units, tokens)
         if stats is None:
-            local = self._fallback()
-            wait = local.time_to_admit(units=units, tokens=tokens)
-            return AVAILABLE_NOW if wait == 0.0 else Availability(wait, local.cooldown_remaining())
+            return self._fallback().availability(units=units, tokens=tokens)
         cooldown = float(stats["cooldown_remaining"])
-        if self.line.queue or stats["waiting"]:
-            return Availability(None, cooldown=cooldown)
+        window = float(stats["window"])
         admit: float | None = stats["admit_in"]
+        pool = self._pool
+        if pool is not None and pool.store.limits.get("windows"):
+            # The pool's windows bound this member too (a second look, only with them).
+            pool_stats = pool.store.stats(self._pool_units, tokens)
+            if pool_stats is not None and pool_stats["window"] > window:
+                window = float(pool_stats["window"])
+                if admit is not None and window > admit:
+                    admit = window
+        if self.line.queue or stats["waiting"]:
+            return Availability(None, cooldown=cooldown, window=window)
         if admit == 0.0:
             return AVAILABLE_NOW
-        return Availability(admit, cooldown=cooldown)
+        return Availability(admit, cooldown=cooldown, window=window)
 
     def would_admit(self, *, units: int = 1, tokens: int = 0) -> bool:
         """Whether an acquire now would be admitted at once, by the shared state. One round trip.
@@ -592,19 +605,26 @@ class RedisLimiter(Limiter):
             llm_tokens=stats["llm_tokens"],
             cooldown_remaining=stats["cooldown_remaining"],
             next_start_in=stats["next_start_in"],
+            windows=stats["windows"],
         )
 
     def limits(self) -> dict[str, Any]:
-        """The limits as last read from Redis (what :meth:`update` takes)."""
-        return dict(self.store.limits)
+        """The limits as last read from Redis (what :meth:`update` takes).
+
+        ``windows`` (a list of window dicts) appears only when there are windows.
+        """
+        out = dict(self.store.limits)
+        if not out.get("windows"):
+            out.pop("windows", None)
+        return out
 
     # -- used by Permit ------------------------------------------------------------------
 
     def _release(self, permit: Permit) -> None:
         self.leases.release(permit)
 
-    def _settle(self, permit: Permit, diff: int) -> None:
-        self.leases.settle(permit, diff)
+    def _settle(self, permit: Permit, diff: int, kinds: tuple[int, int] | None = None) -> None:
+        self.leases.settle(permit, diff, kinds)
 
     def _mark_sent(self, permit: Permit) -> None:
         """A request left later than its allowance: pace every process from its departure.
@@ -638,8 +658,7 @@ class RedisLimiter(Limiter):
             self.line.tell_listeners()
 
     def __repr__(self) -> str:
-        limits = self.store.limits
-        parts = [f"{k}={v!r}" for k, v in limits.items() if v not in (None, 0.0)]
+        parts = [f"{k}={v!r}" for k, v in self.limits().items() if v is not None and v != 0.0]
         state = " degraded" if self.store.degraded else ""
         return (
             f"<RedisLimiter key={self.key!r} {' '.join(parts) or 'unlimited'} "

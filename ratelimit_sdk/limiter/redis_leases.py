@@ -41,14 +41,16 @@ __all__ = ["Leases", "RedisPermit"]
 class RedisPermit(Permit):
     """A permit backed by a lease in Redis (and one in the pool's, for a pool member)."""
 
-    __slots__ = ("lease", "pool_units")
+    __slots__ = ("at", "lease", "pool_units")
 
     def __init__(
-        self, owner: Limiter, units: int, tokens: int, lease: str, pool_units: int
+        self, owner: Limiter, units: int, tokens: int, lease: str, pool_units: int, at: int = 0
     ) -> None:
         super().__init__(owner, units, tokens)
         self.lease = lease
         self.pool_units = pool_units
+        #: When Redis admitted it (server microseconds): the window slots it was charged to.
+        self.at = at
 
 
 @dataclass
@@ -102,11 +104,14 @@ class Leases:
         self._kick = False  # recovery: resend and renew now, not at the next tick
         store.on_recover.append(self.kick)
 
-    def grant(self, lease: str, units: int, tokens: int, pool_units: int) -> Permit:
-        """The permit for a lease Redis just recorded; starts the lease thread if needed."""
+    def grant(self, lease: str, units: int, tokens: int, pool_units: int, at: int = 0) -> Permit:
+        """The permit for a lease Redis just recorded; starts the lease thread if needed.
+
+        ``at``: the server's time of the admission (microseconds), for its settle.
+        """
         pool = self.pool
         pool_units = 0 if pool is None else pool_units
-        permit = RedisPermit(self.owner, units, tokens, lease, pool_units)
+        permit = RedisPermit(self.owner, units, tokens, lease, pool_units, at)
         with self._lock:
             self._held[lease] = (units, pool_units)
             self.in_flight += units
@@ -331,20 +336,24 @@ class Leases:
                 return
             self.release(permit)
 
-    def settle(self, permit: Permit, diff: int) -> None:
+    def settle(self, permit: Permit, diff: int, kinds: tuple[int, int] | None = None) -> None:
         """Charge ``diff`` more LLM tokens for ``permit`` (refund if negative). Never raises.
 
+        ``kinds``: the differences for the input and output token windows (``None``:
+        both ``diff``); the windows are corrected in the slots of the admission.
         Skipped (logged) while an outage is known; waits at most ``SIDE_CALL`` seconds.
         """
         store = self.store
         if store.in_outage:
             LOG.debug("Redis unreachable: token settlement of %r skipped", store.key)
             return
-        keys = [store.keys.cfg, store.keys.st, store.keys.q]
-        args: list[Any] = [diff, store.keys.channel]
+        at = permit.at if isinstance(permit, RedisPermit) else 0
+        in_diff, out_diff = (diff, diff) if kinds is None else kinds
+        keys = [store.keys.cfg, store.keys.st, store.keys.q, store.keys.win]
+        args: list[Any] = [diff, at, in_diff, out_diff, store.keys.channel]
         if self.pool is not None:
             pk = self.pool.store.keys
-            keys += [pk.cfg, pk.st, pk.q]
+            keys += [pk.cfg, pk.st, pk.q, pk.win]
             args.append(pk.channel)
         try:
             store.run("settle", keys, args, SIDE_CALL)

@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+from .._windows import check_windows
 from ..errors import BackendError, ConfigError
 
 #: The one logger of the Redis backend (all its modules share it).
@@ -82,6 +83,7 @@ LIMIT_FIELDS = (
     "min_interval",
     "tokens_per_minute",
     "margin",
+    "windows",
 )
 SHORT_NAMES = {
     "max_concurrent": "mc",
@@ -90,9 +92,13 @@ SHORT_NAMES = {
     "min_interval": "mi",
     "tokens_per_minute": "tpm",
     "margin": "mg",
+    "windows": "wn",
 }
-#: Limit fields in a script reply: the six limits and the version.
-NCFG = 7
+#: Limit fields in a script reply: the seven limits (windows included) and the version.
+NCFG = 8
+#: A window's kind and alignment as the scripts store them (one letter each).
+_KIND_CODES = {"requests": "r", "tokens": "t", "input_tokens": "i", "output_tokens": "o"}
+_KIND_NAMES = {v: k for k, v in _KIND_CODES.items()}
 #: Breaker fields in a script reply: state, opened at (epoch seconds), failures.
 NBRK = 3
 
@@ -149,9 +155,42 @@ def num(value: float | None) -> str:
     return repr(float(value))
 
 
+def windows_text(windows: Any) -> str:
+    """Windows as the scripts store them: ``kind:N:T:align`` joined by ``;`` ("" for none).
+
+    ``kind`` is ``r``/``t``/``i``/``o`` (requests, tokens, input, output tokens),
+    ``T`` in seconds, ``align`` ``s`` (sliding) or ``u`` (UTC).
+    """
+    return ";".join(
+        f"{_KIND_CODES[w.kind]}:{num(w.limit)}:{num(w.per)}:{w.align[0]}"
+        for w in check_windows(windows)
+    )
+
+
+def parse_windows(raw: str) -> list[dict[str, Any]]:
+    """The windows of :func:`windows_text` back as window dicts."""
+    out: list[dict[str, Any]] = []
+    for item in raw.split(";") if raw else ():
+        kind, limit, per, align = item.split(":")
+        n = float(limit)
+        out.append(
+            {
+                _KIND_NAMES[kind]: int(n) if n.is_integer() else n,
+                "per": float(per),
+                "align": "utc" if align == "u" else "sliding",
+            }
+        )
+    return out
+
+
+def field_text(name: str, value: Any) -> str:
+    """One limit as the scripts store it (windows encoded, see :func:`windows_text`)."""
+    return windows_text(value) if name == "windows" else num(value)
+
+
 def spec_of(limits: dict[str, Any]) -> str:
-    """The limits as the scripts store them: ``mc|rpm|burst|mi|tpm|mg``."""
-    return "|".join(num(limits[name]) for name in LIMIT_FIELDS)
+    """The limits as the scripts store them: ``mc|rpm|burst|mi|tpm|mg|wn``."""
+    return "|".join(field_text(name, limits.get(name)) for name in LIMIT_FIELDS)
 
 
 def text(value: Any) -> str:
@@ -161,7 +200,7 @@ def text(value: Any) -> str:
 
 def parse_limits(raw: Sequence[Any]) -> tuple[dict[str, Any], str]:
     """The limit fields of a script reply (``NCFG`` of them) -> (limits, version)."""
-    mc, rpm, burst, mi, tpm, mg, version = (text(x) for x in raw)
+    mc, rpm, burst, mi, tpm, mg, wn, version = (text(x) for x in raw)
     limits = {
         "max_concurrent": int(float(mc)) if mc else None,
         "requests_per_minute": float(rpm) if rpm else None,
@@ -169,6 +208,7 @@ def parse_limits(raw: Sequence[Any]) -> tuple[dict[str, Any], str]:
         "min_interval": float(mi) if mi else 0.0,
         "tokens_per_minute": float(tpm) if tpm else None,
         "margin": float(mg) if mg else 0.0,
+        "windows": parse_windows(wn),
     }
     return limits, version
 

@@ -23,6 +23,7 @@ It holds its own lock, never across a call to Redis.
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,6 +52,7 @@ class LimiterKeys:
     leases: str
     q: str
     qx: str
+    win: str
     channel: str
 
     @classmethod
@@ -63,13 +65,14 @@ class LimiterKeys:
             leases=f"{base}:leases",
             q=f"{base}:q",
             qx=f"{base}:qx",
+            win=f"{base}:win",
             channel=f"{base}:wake",
         )
 
     @property
-    def five(self) -> list[str]:
-        """``cfg st leases q qx``, as most scripts take them."""
-        return [self.cfg, self.st, self.leases, self.q, self.qx]
+    def six(self) -> list[str]:
+        """``cfg st leases q qx win``, as the acquire and stats scripts take them."""
+        return [self.cfg, self.st, self.leases, self.q, self.qx, self.win]
 
 
 class FallbackLimiter(MemoryLimiter):
@@ -327,7 +330,7 @@ class RedisStore:
         if self.use_local():
             return None
         try:
-            r = self.run("stats", self.keys.five, [self._spec_text, self.origin, units, tokens])
+            r = self.run("stats", self.keys.six, [self._spec_text, self.origin, units, tokens])
         except RedisDown as exc:
             self.on_down(exc, "reading the shared state")
             return None
@@ -335,7 +338,15 @@ class RedisStore:
         self.absorb(r[8 : 8 + NCFG])
         self.absorb_breaker(r[8 + NCFG : 8 + NCFG + NBRK])
         bucket, llm, admit = text(r[3]), text(r[4]), text(r[7])
+        at = 8 + NCFG + NBRK
+        window = text(r[at]) if len(r) > at else "0"
+        windows = tuple(
+            {**spec, "used": float(text(used)), "limit": next(iter(spec.values()))}
+            for spec, used in zip(self.limits.get("windows") or (), r[at + 1 :], strict=False)
+        )
         return {
+            "window": math.inf if window == "inf" else float(window) / 1e6,
+            "windows": windows,
             "admit_in": None if admit == "inf" else float(admit) / 1e6,
             "in_flight": int(r[0]),
             "holders": int(r[1]),

@@ -30,6 +30,7 @@ Part of :mod:`.redis` (read that first). How an ``acquire`` is decided
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,7 @@ class Refusal:
 
     wait: float | None
     cooldown: float | None
+    window: float = 0.0
 
 
 class Admission:
@@ -124,6 +126,13 @@ class Admission:
                 raise RequestTooLargeError(
                     f"tokens={tokens} can never be admitted: tokens_per_minute is {tpm:g}"
                 )
+            for spec in () if st is None or not tokens else st.limits.get("windows") or ():
+                kind, limit = next(iter(spec.items()))
+                if kind != "requests" and tokens > limit:
+                    raise RequestTooLargeError(
+                        f"tokens={tokens} can never be admitted: a window allows "
+                        f"{limit:g} {kind.replace('_', ' ')} per {spec['per']:g}s"
+                    )
 
     def timeout_error(self, start: float, why: str = "") -> AcquireTimeout:
         """The AcquireTimeout of a wait that began at ``start`` (``why``: another reason)."""
@@ -350,9 +359,9 @@ class Admission:
         return args
 
     def _keys(self) -> list[str]:
-        keys = self.store.keys.five
+        keys = self.store.keys.six
         if self.pool is not None:
-            keys += self.pool.keys.five
+            keys += self.pool.keys.six
         return keys
 
     def _cancel_keys(self) -> list[str]:
@@ -480,7 +489,9 @@ class Admission:
                         self.leases.send_release(f"{w.id}|{units}", f"{w.id}|{self.pool_units()}")
                         return Refusal(None, float(text(reply[3])) / 1e6)
                 if status == 1:
-                    permit = self.leases.grant(w.id, units, tokens, self.pool_units())
+                    permit = self.leases.grant(
+                        w.id, units, tokens, self.pool_units(), at=int(float(text(reply[2])))
+                    )
                     if reply[-1]:  # the allowance applied: mark_sent may correct it
                         permit._at = (t0 + t1) / 2.0
                         permit._allow = float(text(reply[-1])) / 1e6
@@ -502,7 +513,12 @@ class Admission:
                 wait_s = float(text(reply[1])) / 1e6
                 if not wait:
                     cooldown = float(text(reply[3])) / 1e6
-                    return Refusal(wait_s if status == 0 else None, cooldown)
+                    window = text(reply[-2])
+                    return Refusal(
+                        wait_s if status == 0 else None,
+                        cooldown,
+                        math.inf if window == "inf" else float(window) / 1e6,
+                    )
                 now = clock.monotonic()
                 if deadline is not None and now >= deadline:
                     raise self.timeout_error(start)

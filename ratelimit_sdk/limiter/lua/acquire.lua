@@ -1,6 +1,6 @@
 -- acquire: admit one request now, or say how long to wait. One call per attempt.
 --
--- KEYS: cfg st leases q qx of the limiter [, the same five of its pool]
+-- KEYS: cfg st leases q qx win of the limiter [, the same six of its pool]
 -- ARGV: 1 id (ticket and lease id), 2 units, 3 tokens, 4 lease ttl (us),
 --       5 ticket ttl (us), 6 arrival estimate (server us; 0: now),
 --       7 mode ('w': wait in line, 't': try, never queue, 'h': hold a place in line
@@ -10,8 +10,11 @@
 --       9 successor arrival (server us; 0: now), 10 spec, 11 origin, 12 channel,
 --       [13 pool units, 14 pool spec, 15 pool origin, 16 pool channel]
 -- Reply: {status, wait (us), server now (us), cooldown left (us), 3 breaker fields,
---         7 limit fields, [7 pool limit fields], the jitter allowance the admission
---         applied (us; '' when not admitted or not paced)}
+--         8 limit fields, [8 pool limit fields], window wait (us; "inf": never fits),
+--         the jitter allowance the admission applied (us; '' when not admitted or
+--         not paced)}
+--   The window wait (what the window limits alone ask, however full the concurrency)
+--   is 0 for an admission.
 --   status 1: admitted (lease held); 0: wait ``wait`` us then call again;
 --   -1: wait for a wake-up (a release, or the line to move); -2: can never fit;
 --   -3 (mode 'h' only): first in line and Redis has room: call again once the
@@ -43,7 +46,7 @@ local succ_arrival = tonumber(ARGV[9])
 local function side(i, spec, origin, channel)
   local L = {
     st_key = KEYS[i + 1], leases = KEYS[i + 2], q = KEYS[i + 3], qx = KEYS[i + 4],
-    channel = channel,
+    win_key = KEYS[i + 5], channel = channel,
   }
   L.cfg = load_cfg(KEYS[i], spec, origin)
   L.st = load_state(L.st_key)
@@ -63,8 +66,8 @@ end
 local M = side(1, ARGV[10], ARGV[11], ARGV[12])
 local P = nil
 local pool_units = 0
-if #KEYS > 5 then
-  P = side(6, ARGV[14], ARGV[15], ARGV[16])
+if #KEYS > 6 then
+  P = side(7, ARGV[14], ARGV[15], ARGV[16])
   pool_units = tonumber(ARGV[13])
 end
 
@@ -86,6 +89,21 @@ local function reply(status, wait)
       out[#out + 1] = v
     end
   end
+  local ww = 0
+  if status ~= 1 then
+    ww = window_delay(M, tokens, now)
+    if P then
+      local pw = window_delay(P, tokens, now)
+      if pw > ww then
+        ww = pw
+      end
+    end
+  end
+  if ww == INF then
+    out[#out + 1] = 'inf'
+  else
+    out[#out + 1] = fmt(ww)
+  end
   out[#out + 1] = applied
   return out
 end
@@ -96,10 +114,18 @@ local function leave(L)
 end
 
 -- Requests that can never fit the current limits.
-if (M.cfg.mc and units > M.cfg.mc) or (M.cfg.tpm and tokens > M.cfg.tpm) then
-  return reply(-2, 0)
+local function too_big(c, n)
+  if (c.mc and n > c.mc) or (c.tpm and tokens > c.tpm) then
+    return true
+  end
+  for _, w in ipairs(c.windows) do
+    if window_amount(w, tokens) > w.limit + EPS then
+      return true
+    end
+  end
+  return false
 end
-if P and ((P.cfg.mc and pool_units > P.cfg.mc) or (P.cfg.tpm and tokens > P.cfg.tpm)) then
+if too_big(M.cfg, units) or (P and too_big(P.cfg, pool_units)) then
   return reply(-2, 0)
 end
 

@@ -2,7 +2,9 @@
 --
 -- Time is the Redis server's (TIME), in integer microseconds, so every process and
 -- host reads one clock. Keys of one limiter (``{prefix}:{key}`` below):
---   :cfg     hash  limits: mc rpm burst mi tpm mg ("" = no limit), v (version), o (origin);
+--   :cfg     hash  limits: mc rpm burst mi tpm mg wn ("" = no limit), v (version), o (origin);
+--                 wn: the windows, "kind:N:T:align" joined by ';' (kind r t i o: requests,
+--                 tokens, input, output tokens; T seconds; align s sliding, u UTC)
 --                 the provider's breaker: bs (state), bo (opened at), bf (failures)
 --   :st      hash  state:  bl bt (request bucket level, stamp), tl tt (LLM token bucket),
 --                         last (last start plus its jitter allowance), cu (cooldown until),
@@ -10,6 +12,10 @@
 --   :leases  zset  concurrency holders "<id>|<units>" scored by lease expiry
 --   :q       zset  waiting tickets scored by arrival (FIFO across processes)
 --   :qx      zset  the same tickets scored by expiry (a crashed waiter's ticket goes away)
+--   :win     hash  window slots: "<kind:T:align>|<slot>" -> amount charged there; a
+--                 sliding slot i holds charges made in ((i-1)s, is] (s = T/100 us) and
+--                 counts until is + T + margin; a UTC slot i is [iT, (i+1)T). Stale slots
+--                 are dropped when read; the hash expires when no window needs it.
 -- Numbers travel as strings formatted with %.17g (exact for doubles).
 
 local INF = math.huge
@@ -24,11 +30,31 @@ local function now_us()
   return tonumber(t[1]) * 1000000 + tonumber(t[2])
 end
 
--- "v|mc|rpm|burst|mi|tpm|mg" -> {v, mc, rpm, burst, mi, tpm, mg} (strings, "" for none)
+-- "v|mc|rpm|burst|mi|tpm|mg|wn" -> {v, mc, rpm, burst, mi, tpm, mg, wn} (strings)
 local function split_spec(spec)
   local out = {}
   for field in string.gmatch(spec .. '|', '([^|]*)|') do
     out[#out + 1] = field
+  end
+  return out
+end
+
+-- Slots per window: a charge's time is rounded up to its slot's end (expires late).
+local WSLOTS = 100
+
+-- "kind:N:T:align;..." -> list of windows {id, kind, limit, per (us), utc, slot (us)}
+local function parse_windows(wn)
+  local out = {}
+  if not wn or wn == '' then
+    return out
+  end
+  for item in string.gmatch(wn, '[^;]+') do
+    local k, n, t, a = string.match(item, '^(%a):([^:]+):([^:]+):(%a)$')
+    local per = tonumber(t) * 1e6
+    out[#out + 1] = {
+      id = k .. ':' .. t .. ':' .. a, kind = k, limit = tonumber(n), per = per,
+      utc = a == 'u', slot = per / WSLOTS,
+    }
   end
   return out
 end
@@ -41,7 +67,8 @@ local function parse_cfg(raw)
     mi = tonumber(raw[4]) or 0,
     tpm = tonumber(raw[5]),
     mg = tonumber(raw[6]) or 0,
-    v = raw[7],
+    windows = parse_windows(raw[7]),
+    v = raw[8],
     raw = raw,
   }
 end
@@ -49,24 +76,189 @@ end
 -- The stored limits; when there are none (first use, or Redis lost them) the
 -- caller's own ``spec`` is written, so limits always come back from config.
 local function load_cfg(key, spec, origin)
-  local raw = redis.call('HMGET', key, 'mc', 'rpm', 'burst', 'mi', 'tpm', 'mg', 'v')
-  if not raw[7] then
+  local raw = redis.call('HMGET', key, 'mc', 'rpm', 'burst', 'mi', 'tpm', 'mg', 'wn', 'v')
+  if not raw[8] then
     local f = split_spec(spec)
     redis.call('HSET', key, 'v', f[1], 'mc', f[2], 'rpm', f[3], 'burst', f[4],
-      'mi', f[5], 'tpm', f[6], 'mg', f[7], 'o', origin)
-    raw = {f[2], f[3], f[4], f[5], f[6], f[7], f[1]}
+      'mi', f[5], 'tpm', f[6], 'mg', f[7], 'wn', f[8] or '', 'o', origin)
+    raw = {f[2], f[3], f[4], f[5], f[6], f[7], f[8] or '', f[1]}
   end
   return parse_cfg(raw)
 end
 
--- The limit fields of a reply: mc rpm burst mi tpm mg v.
+-- The limit fields of a reply: mc rpm burst mi tpm mg wn v.
 local function cfg_reply(c)
   local out = {}
-  for i = 1, 6 do
+  for i = 1, 7 do
     out[i] = c.raw[i] or ''
   end
-  out[7] = c.v
+  out[8] = c.v
   return out
+end
+
+-- Microseconds of jitter between admission and the server's arrival that the windows
+-- allow for (the limiter's margin): the one place windows read it.
+local function window_allowance(c)
+  return c.mg * 1e6
+end
+
+-- The window slots of limiter L (L.cfg, L.win_key) that still count at ``now``: each
+-- window gets map (slot -> amount) and idx (its slots, oldest first). Stale slots and
+-- slots of windows no longer configured are deleted. Once per script call.
+local function load_windows(L, now)
+  local ws = L.cfg.windows
+  if L.wloaded or #ws == 0 then
+    return
+  end
+  L.wloaded = true
+  local byid = {}
+  for _, w in ipairs(ws) do
+    w.map = {}
+    w.idx = {}
+    byid[w.id] = w
+  end
+  local J = window_allowance(L.cfg)
+  local raw = redis.call('HGETALL', L.win_key)
+  local stale = {}
+  for i = 1, #raw, 2 do
+    local f = raw[i]
+    local id, s = string.match(f, '^(.*)|(%-?%d+)$')
+    local w = id and byid[id]
+    local n = tonumber(s)
+    local live = false
+    if w then
+      if w.utc then
+        live = n >= math.floor(now / w.per)
+      else
+        live = n * w.slot + w.per + J > now
+      end
+    end
+    if live then
+      w.map[n] = tonumber(raw[i + 1])
+      w.idx[#w.idx + 1] = n
+    else
+      stale[#stale + 1] = f
+    end
+  end
+  if #stale > 0 then
+    redis.call('HDEL', L.win_key, unpack(stale))
+  end
+  for _, w in ipairs(ws) do
+    table.sort(w.idx)
+  end
+end
+
+-- What a window counts now (slots loaded): the live sliding slots, the current UTC window.
+local function window_used(w, now)
+  if w.utc then
+    return w.map[math.floor(now / w.per)] or 0
+  end
+  local used = 0
+  for _, i in ipairs(w.idx) do
+    used = used + w.map[i]
+  end
+  return used
+end
+
+-- The amount a request puts on window ``w``: 1 for requests, its tokens otherwise.
+local function window_amount(w, tokens)
+  if w.kind == 'r' then
+    return 1
+  end
+  return tokens
+end
+
+-- Microseconds until every window of L allows the request (INF: it never fits one).
+local function window_delay(L, tokens, now)
+  local ws = L.cfg.windows
+  if #ws == 0 then
+    return 0
+  end
+  load_windows(L, now)
+  local J = window_allowance(L.cfg)
+  local d = 0
+  for _, w in ipairs(ws) do
+    local amount = window_amount(w, tokens)
+    if amount > 0 then
+      local x = 0
+      if amount > w.limit + EPS then
+        x = INF
+      elseif w.utc then
+        local start = now
+        x = nil
+        for _ = 1, 3 + math.ceil(J / w.per) do
+          local first = math.floor(start / w.per)
+          local last = math.floor((start + J) / w.per)
+          local ok = true
+          for i = first, last do
+            if (w.map[i] or 0) + amount > w.limit + EPS then
+              ok = false
+              break
+            end
+          end
+          if ok then
+            x = start - now
+            break
+          end
+          start = (first + 1) * w.per  -- never better later in this window
+        end
+        if not x then
+          x = start - now
+        end
+      else
+        local need = window_used(w, now) + amount - w.limit
+        if need > EPS then
+          for _, i in ipairs(w.idx) do
+            need = need - w.map[i]
+            if need <= EPS then
+              x = i * w.slot + w.per + J - now
+              break
+            end
+          end
+        end
+      end
+      if x > d then
+        d = x
+      end
+    end
+  end
+  return d
+end
+
+-- The slots a charge at ``at`` goes to in window ``w`` (allowance J us).
+local function window_slots(w, at, J)
+  if w.utc then
+    local out = {}
+    for i = math.floor(at / w.per), math.floor((at + J) / w.per) do
+      out[#out + 1] = i
+    end
+    return out
+  end
+  return {math.ceil(at / w.slot)}
+end
+
+-- Charge an admission at ``now`` to every window of L; the hash lives as long as
+-- the longest window needs it.
+local function charge_windows(L, tokens, now)
+  local ws = L.cfg.windows
+  if #ws == 0 then
+    return
+  end
+  local J = window_allowance(L.cfg)
+  local ttl = 0
+  for _, w in ipairs(ws) do
+    -- (A token window is charged 0 for a call without an estimate: its settle then
+    -- has the admission's slot to correct.)
+    local amount = window_amount(w, tokens)
+    for _, i in ipairs(window_slots(w, now, J)) do
+      redis.call('HINCRBYFLOAT', L.win_key, w.id .. '|' .. string.format('%d', i), amount)
+    end
+    local need = w.per + J + w.slot
+    if need > ttl then
+      ttl = need
+    end
+  end
+  redis.call('PEXPIRE', L.win_key, math.ceil(ttl / 1000) + 1000)
 end
 
 local function load_state(key)
@@ -245,6 +437,12 @@ local function delay(L, units, tokens, now)
       end
     end
   end
+  if #c.windows > 0 then
+    L.wwait = window_delay(L, tokens, now)
+    if L.wwait > d then
+      d = L.wwait
+    end
+  end
   return d
 end
 
@@ -277,6 +475,7 @@ local function take(L, lease, units, tokens, now, lease_ttl, cold)
     local lvl, stamp = taken(L.tl, s.tt, cap, rate, j, tokens, now)
     redis.call('HSET', L.st_key, 'tl', fmt(lvl), 'tt', fmt(stamp))
   end
+  charge_windows(L, tokens, now)
   redis.call('ZADD', L.leases, fmt(now + lease_ttl), lease .. '|' .. units)
   return least
 end
