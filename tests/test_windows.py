@@ -165,7 +165,7 @@ def test_window_spec_round_trips() -> None:
 
 def test_sliding_requests_admit_n_then_wait_for_the_oldest_slot() -> None:
     clock = FakeClock(start=1000.0)
-    lim = MemoryLimiter(windows=[{"requests": 3, "per": 10}], clock=clock)
+    lim = MemoryLimiter(windows=[{"requests": 3, "per": 10}], clock=clock, margin=0)
     for _ in range(3):
         assert lim.try_acquire() is not None
         clock.advance(1.0)
@@ -198,7 +198,7 @@ def test_sliding_window_never_admits_more_than_n_in_any_interval_of_t_plus_j() -
 
 def test_sliding_tokens_and_settle_into_the_admission_slot() -> None:
     clock = FakeClock(start=2000.0)
-    lim = MemoryLimiter(windows=[{"tokens": 100, "per": 100}], clock=clock)  # 1 s slots
+    lim = MemoryLimiter(windows=[{"tokens": 100, "per": 100}], clock=clock, margin=0)  # 1 s slots
     first = lim.acquire(0, tokens=80)
     assert lim.try_acquire(tokens=30) is None
     clock.advance(5.0)  # another slot now: the settle still corrects the first one
@@ -222,7 +222,7 @@ def test_input_and_output_windows_settle_with_their_own_counts() -> None:
         {"input_tokens": 1000, "per": 60},
         {"output_tokens": 1000, "per": 60},
     ]
-    lim = MemoryLimiter(windows=windows, clock=clock)
+    lim = MemoryLimiter(windows=windows, clock=clock, margin=0)
     p = lim.acquire(0, tokens=300)  # the total estimate goes to every token window
     assert [w["used"] for w in lim.snapshot().windows] == [300, 300, 300]
     p.settle(tokens=250, input_tokens=200, output_tokens=50)
@@ -266,7 +266,9 @@ def test_a_token_request_larger_than_a_window_can_never_be_admitted() -> None:
 
 def test_utc_daily_quota_resets_at_midnight() -> None:
     clock = clock_at(MIDNIGHT - 2.5)
-    lim = MemoryLimiter(windows=[{"requests": 2, "per": "1d", "align": "utc"}], clock=clock)
+    lim = MemoryLimiter(
+        windows=[{"requests": 2, "per": "1d", "align": "utc"}], clock=clock, margin=0
+    )
     assert lim.try_acquire() is not None
     assert lim.try_acquire() is not None
     seen = lim.availability()
@@ -300,7 +302,7 @@ def test_utc_admission_near_a_boundary_counts_toward_the_next_window_too() -> No
 
 def test_utc_window_blocking_acquire_waits_to_the_boundary() -> None:
     clock = clock_at(MIDNIGHT - 10.0)
-    lim = MemoryLimiter(windows=[{"requests": 1, "per": 60, "align": "utc"}], clock=clock)
+    lim = MemoryLimiter(windows=[{"requests": 1, "per": 60, "align": "utc"}], clock=clock, margin=0)
     lim.acquire(0).release()
     lim.acquire(timeout=20).release()
     assert clock.time() == pytest.approx(MIDNIGHT)
@@ -310,7 +312,7 @@ def test_utc_window_blocking_acquire_waits_to_the_boundary() -> None:
 
 def test_utc_token_window_settles_the_window_it_was_charged_to() -> None:
     clock = clock_at(MIDNIGHT - 1.0)
-    lim = MemoryLimiter(windows=[{"tokens": 100, "per": 60, "align": "utc"}], clock=clock)
+    lim = MemoryLimiter(windows=[{"tokens": 100, "per": 60, "align": "utc"}], clock=clock, margin=0)
     p = lim.acquire(0, tokens=90)
     clock.advance(1.5)  # the next window: the settle goes to the old one, not this one
     p.settle(tokens=10)
@@ -323,7 +325,7 @@ def test_utc_token_window_settles_the_window_it_was_charged_to() -> None:
 
 def test_update_windows_hot_keeps_what_a_same_window_was_charged() -> None:
     clock = FakeClock()
-    lim = MemoryLimiter(windows=[{"requests": 3, "per": 10}], clock=clock)
+    lim = MemoryLimiter(windows=[{"requests": 3, "per": 10}], clock=clock, margin=0)
     for _ in range(3):
         lim.acquire(0)
     lim.update(windows=[{"requests": 5, "per": 10}, {"tokens": 50, "per": "1m"}])
@@ -358,9 +360,9 @@ def test_update_windows_wakes_a_waiter() -> None:
 
 def test_pool_windows_bound_every_member_together() -> None:
     clock = FakeClock()
-    pool = MemoryLimiter(windows=[{"requests": 3, "per": 10}], clock=clock)
+    pool = MemoryLimiter(windows=[{"requests": 3, "per": 10}], clock=clock, margin=0)
     a = MemoryLimiter(pool=pool, clock=clock, windows=[{"requests": 2, "per": 10}])
-    b = MemoryLimiter(pool=pool, clock=clock)
+    b = MemoryLimiter(pool=pool, clock=clock, margin=0)
     assert a.try_acquire() is not None
     assert a.try_acquire() is not None
     assert a.try_acquire() is None  # its own window
@@ -374,8 +376,8 @@ def test_pool_windows_bound_every_member_together() -> None:
 
 def test_an_abandoned_admission_gives_its_window_charge_back_once() -> None:
     clock = FakeClock()
-    pool = MemoryLimiter(windows=[{"tokens": 100, "per": 10}], clock=clock)
-    lim = MemoryLimiter(windows=[{"requests": 1, "per": 10}], pool=pool, clock=clock)
+    pool = MemoryLimiter(windows=[{"tokens": 100, "per": 10}], clock=clock, margin=0)
+    lim = MemoryLimiter(windows=[{"requests": 1, "per": 10}], pool=pool, clock=clock, margin=0)
     permit = lim.acquire(0, tokens=60)
     lim._abandon(permit)  # the caller never saw it (an interrupt after the grant)
     lim._abandon(permit)
