@@ -7,6 +7,7 @@ the optimum they compare against is computed right.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -43,6 +44,9 @@ def _servers_installed() -> bool:
                 reason="nginx and haproxy not installed (apt-get install -y nginx haproxy)",
             ),
         ),
+        "bench_shapes.py",
+        "bench_uncoordinated.py",
+        "bench_openai_guarded.py",
     ],
 )
 def test_benchmark_runs_quick(script: str) -> None:
@@ -56,8 +60,38 @@ def test_benchmark_runs_quick(script: str) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
+    assert "stopped early" not in done.stdout, done.stdout
     assert ": targets" in done.stdout
     assert "PASS" in done.stdout or "MISS" in done.stdout
+
+
+def test_json_output_is_one_document_with_targets() -> None:
+    """``--json`` puts one JSON document on stdout (the tables go to stderr)."""
+    done = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "bench_openai_guarded.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=BENCHMARKS.parent,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = json.loads(done.stdout)
+    assert document["benchmark"] == "bench_openai_guarded"
+    assert document["targets"], document
+    assert all(t["verdict"] in ("PASS", "MISS") for t in document["targets"])
+    assert ": targets" in done.stderr
+
+
+def test_greedy_optimum_of_the_new_shapes() -> None:
+    """The optima bench_shapes and bench_openai_guarded compare against."""
+    window = _common.ServerShape(latency=0.05, window=(10, 1.0))
+    assert math.isclose(_common.greedy_makespan(window, [0.0] * 400), 39.05)
+    hidden = _common.ServerShape(latency=0.05, max_concurrent=3)
+    assert math.isclose(_common.greedy_makespan(hidden, [0.0] * 100), 34 * 0.05)
+    drained = _common.ServerShape(latency=0.05, rate=10, burst=1)
+    assert math.isclose(_common.greedy_makespan(drained, [0.0] * 60), 5.9 + 0.05)
+    bucket = _common.ServerShape(latency=0.05, rate=10, burst=3)
+    assert math.isclose(_common.greedy_makespan(bucket, [0.0] * 400), 39.7 + 0.05)
 
 
 def test_optimum_of_the_strict_server_is_the_issues_formula() -> None:
