@@ -53,7 +53,7 @@ def unsupported(limits: dict[str, Any]) -> str | None:
     try:
         Client({"providers": [{**provider, "limits": limits}]}).close()
     except (ValueError, TypeError) as exc:
-        return str(exc).strip().splitlines()[0][:120]
+        return str(exc).strip().splitlines()[0][:160]
     return None
 
 
