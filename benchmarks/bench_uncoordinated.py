@@ -8,7 +8,7 @@ One FakeProvider (in a child process, on 127.0.0.1, 50 ms latency) allows 40
 requests per second and never says so: ``HiddenRate(requests_per_minute=2400,
 burst=4)`` answers 429 with no ``Retry-After`` and no ``x-ratelimit-*`` header.
 Eight separate processes (``multiprocessing``, spawn), 4 threads each, share
-nothing but that server, and send requests in a loop for 40 s (8 s with
+nothing but that server, and send requests in a loop for 40 s (5 s with
 ``--quick``). Side by side, one after the other:
 
 - **SDK auto**: each process a ``Client`` with ``requests_per_minute="auto"``
@@ -189,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     """Run each variant and print the tables; returns the exit status (always 0)."""
     args = parse_args(__doc__.splitlines()[0] if __doc__ else "", argv, with_json=True)
     quick: bool = args.quick
-    duration, warmup = (8.0, 2.0) if quick else (40.0, 10.0)
+    duration, warmup = (5.0, 2.0) if quick else (40.0, 10.0)
     with json_output(args.json, {"benchmark": "bench_uncoordinated"}) as document:
         print(
             f"bench_uncoordinated  python {sys.version.split()[0]}  "
