@@ -1,6 +1,6 @@
 """Benchmark (server shapes): the SDK against FakeProvider limit shapes, 429s and makespan.
 
-Run: ``python benchmarks/bench_shapes.py`` (about 4 minutes) or ``--quick`` (about
+Run: ``python benchmarks/bench_shapes.py`` (about 6 minutes) or ``--quick`` (about
 20 s); ``--json`` prints the results as one JSON document on stdout (the tables
 go to stderr). No external server is needed: each shape is enforced by a
 :class:`ratelimit_sdk.testing.FakeProvider` (real HTTP on 127.0.0.1, 50 ms
