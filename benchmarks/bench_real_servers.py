@@ -640,5 +640,6 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except Exception as exc:  # a benchmark reports, it does not fail the caller
-        print(f"bench_real_servers: stopped early: {type(exc).__name__}: {exc}")
+        out = sys.stderr if "--json" in sys.argv else sys.stdout  # stdout holds the JSON
+        print(f"bench_real_servers: stopped early: {type(exc).__name__}: {exc}", file=out)
         sys.exit(0)
