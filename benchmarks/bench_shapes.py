@@ -72,7 +72,7 @@ def unsupported(limits: Mapping[str, Any]) -> str | None:
         provider = {"name": "probe", "base_url": "http://127.0.0.1:9/v1", "model": "m"}
         Client({"providers": [{**provider, "limits": dict(limits)}]}).close()
     except (ValueError, TypeError) as exc:
-        return str(exc).strip().splitlines()[0][:160]
+        return "; ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:200]
     return None
 
 
@@ -248,7 +248,7 @@ def case_concurrency(bench: Bench, quick: bool) -> None:
         try:
             client = Client(bench.config("concurrency", limits))
         except ValueError as exc:
-            why = str(exc).strip().splitlines()[0][:160]
+            why = "; ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:200]
             bench.skip(case, variant, why, [first_goal, next_goal, span_goal] if judged else [])
             continue
         with client:

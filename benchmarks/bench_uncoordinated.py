@@ -54,7 +54,7 @@ def unsupported(limits: dict[str, Any]) -> str | None:
     try:
         Client({"providers": [{**provider, "limits": limits}]}).close()
     except (ValueError, TypeError) as exc:
-        return str(exc).strip().splitlines()[0][:160]
+        return "; ".join(line.strip() for line in str(exc).strip().splitlines()[:3])[:200]
     return None
 
 
