@@ -38,6 +38,7 @@ __all__ = [
     "Report",
     "Shape",
     "interleave",
+    "json_output",
     "median",
     "no_gc",
     "optimum_makespan",
@@ -46,15 +47,60 @@ __all__ = [
 ]
 
 
-def parse_args(description: str, argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """The command line every benchmark takes: ``--quick`` (a few hundred ms, for CI)."""
+def parse_args(
+    description: str, argv: Sequence[str] | None = None, *, with_json: bool = False
+) -> argparse.Namespace:
+    """The command line every benchmark takes: ``--quick`` (a few hundred ms, for CI).
+
+    ``with_json`` adds ``--json``: the tables go to stderr and stdout gets one
+    JSON document (see :func:`json_output`).
+    """
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument(
         "--quick",
         action="store_true",
         help="tiny counts and durations: checks that the benchmark runs, measures nothing",
     )
+    if with_json:
+        parser.add_argument(
+            "--json",
+            action="store_true",
+            help="print the results as one JSON document on stdout (the tables go to stderr)",
+        )
     return parser.parse_args(argv)
+
+
+@contextmanager
+def json_output(enabled: bool, document: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """With ``enabled``, send everything printed inside to stderr and dump ``document`` after.
+
+    The block fills ``document`` (yielded) with its results; at the end it is
+    written to the real stdout as JSON (non-finite floats as ``null``), even
+    when the block stops early. Without ``enabled`` this does nothing.
+    """
+    if not enabled:
+        yield document
+        return
+    real_stdout = sys.stdout
+    sys.stdout = sys.stderr
+    try:
+        yield document
+    finally:
+        sys.stdout = real_stdout
+        json.dump(_finite(document), real_stdout, indent=2, sort_keys=True)
+        real_stdout.write("\n")
+        real_stdout.flush()
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float replaced by ``None`` (JSON has no inf or nan)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
 
 
 def median(values: Sequence[float]) -> float:
@@ -146,6 +192,13 @@ class Report:
             ["target", "measured", "goal", "verdict"],
             [(n, m, t, "PASS" if ok else "MISS") for n, m, t, ok in self.rows],
         )
+
+    def as_json(self) -> list[dict[str, Any]]:
+        """The targets as JSON-ready dicts (``verdict`` is ``PASS`` or ``MISS``)."""
+        return [
+            {"target": n, "measured": m, "goal": t, "verdict": "PASS" if ok else "MISS"}
+            for n, m, t, ok in self.rows
+        ]
 
     @property
     def all_pass(self) -> bool:
@@ -314,9 +367,28 @@ class RemoteFleet:
         """Fake ``name`` answers every request 429 with ``Retry-After: retry_after``."""
         self.call("rate_limit_all", name=name, retry_after=retry_after)
 
+    def set_shapes(self, name: str, shapes: Sequence[tuple[str, Mapping[str, Any]]]) -> None:
+        """Fake ``name`` enforces ``shapes`` (``[(class name, fields)]``), in fresh state."""
+        self.call("set_shapes", name=name, shapes=[[n, dict(f)] for n, f in shapes])
+
     def heal(self, name: str) -> None:
         """Fake ``name`` answers normally again."""
         self.call("heal", name=name)
+
+
+def _kwargs(spec: Mapping[str, Any]) -> dict[str, Any]:
+    """FakeProvider keywords from JSON: ``"shapes": [["LeakyBucket", {"rate": 40}], ...]``.
+
+    Each shape is named by its class in :mod:`ratelimit_sdk.testing.shapes`.
+    """
+    from ratelimit_sdk.testing import shapes as shape_module
+
+    kwargs = dict(spec)
+    if "shapes" in kwargs:
+        kwargs["shapes"] = [
+            getattr(shape_module, name)(**fields) for name, fields in kwargs["shapes"]
+        ]
+    return kwargs
 
 
 def _serve(specs: Mapping[str, Mapping[str, Any]]) -> None:
@@ -327,7 +399,7 @@ def _serve(specs: Mapping[str, Mapping[str, Any]]) -> None:
         sys.stdout.write(json.dumps(reply) + "\n")
         sys.stdout.flush()
 
-    fleet = FakeFleet(*(FakeProvider(name, **kwargs) for name, kwargs in specs.items()))
+    fleet = FakeFleet(*(FakeProvider(name, **_kwargs(kwargs)) for name, kwargs in specs.items()))
     with fleet:
         say({"base_urls": fleet.base_urls})
         for line in sys.stdin:
@@ -351,6 +423,9 @@ def _serve(specs: Mapping[str, Mapping[str, Any]]) -> None:
                 say({"ok": True})
             elif op == "rate_limit_all":
                 fleet[command["name"]].always(Respond.rate_limited(command["retry_after"]))
+                say({"ok": True})
+            elif op == "set_shapes":
+                fleet[command["name"]].set_shapes(_kwargs({"shapes": command["shapes"]})["shapes"])
                 say({"ok": True})
             elif op == "heal":
                 fleet[command["name"]].heal()

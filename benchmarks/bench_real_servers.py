@@ -1,8 +1,10 @@
 """Benchmark (real servers): the SDK behind Debian's nginx and haproxy, 429s and makespan.
 
-Run: ``python benchmarks/bench_real_servers.py`` (about 5 minutes) or ``--quick``
-(about 20 s). Needs the ``nginx`` and ``haproxy`` binaries; without them it says
-how to install them and exits 0::
+Run: ``python benchmarks/bench_real_servers.py`` (about 9 minutes) or ``--quick``
+(about 25 s: 20 requests, steady arrivals); ``--json`` prints the results as one
+JSON document on stdout (the tables go to stderr). Needs the ``nginx`` and
+``haproxy`` binaries; without them it says how to install them and exits 0
+(never install them from CI)::
 
     apt-get update && apt-get install -y nginx haproxy
 
@@ -17,8 +19,9 @@ free 127.0.0.1 ports, from config files in a temporary directory:
   nodelay``, ``limit_conn 4``, ``limit_req_status 429``, ``limit_conn_status 429``.
   SDK limits: ``requests_per_minute 2400, burst 5, max_concurrent 4``.
 - **nginx no burst**: ``limit_req`` at 40r/s with no burst (starts 25 ms apart,
-  counted in whole milliseconds). SDK limits: ``requests_per_minute 2400,
-  burst 1, min_interval 0.025``.
+  counted in whole milliseconds). Measured twice: SDK limits
+  ``requests_per_minute 2400, burst 1``, and separately ``min_interval 0.025``
+  alone (the comparison clients run once).
 - **haproxy**: a stick table ``http_req_rate(1s)``, ``deny_status 429`` over 40,
   and ``maxconn 4`` on the upstream server (queued, never refused). SDK limits:
   ``requests_per_minute 2340, burst 1``.
@@ -34,8 +37,9 @@ concurrency) and by bare ``requests`` retried with tenacity's
 access logs. The optimum is computed from the server's shape: each request
 starts as early as its arrival and the server's limits allow (a lower bound).
 
-Targets (for the SDK, steady arrivals): nginx burst 4 + limit_conn 4 makespan
-<= 1.03x the optimum, nginx no burst <= 1.25x, haproxy <= 1.25x, each with 0 429s.
+Targets (for the SDK, every arrival pattern): nginx burst 4 + limit_conn 4 makespan
+<= 1.03x the optimum, nginx no burst (both SDK configs) <= 1.25x, haproxy <= 1.25x,
+each with 0 429s.
 Every run is bounded in count and time; the script always exits 0.
 """
 
@@ -59,7 +63,15 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from _common import RemoteFleet, Report, ServerShape, greedy_makespan, parse_args, print_table
+from _common import (
+    RemoteFleet,
+    Report,
+    ServerShape,
+    greedy_makespan,
+    json_output,
+    parse_args,
+    print_table,
+)
 
 from ratelimit_sdk import Client
 
@@ -73,17 +85,28 @@ class Server:
     """One rate-limited server under test, and the limits each client is given for it."""
 
     name: str
+    endpoint: str  # which listening server: "burst", "noburst" (nginx) or "haproxy"
     shape: ServerShape
     sdk_limits: dict[str, Any]
     target: float
     mean_rate: float
     pyrate: Sequence[tuple[int, int]]  # (limit, interval ms) for pyrate-limiter
     concurrency: int | None  # a semaphore for the clients that have no concurrency limit
+    baselines: bool = True  # also run pyrate-limiter and tenacity (once per endpoint)
 
 
+# The optimum of each server (``_common.greedy_makespan``) is computed from the *server's*
+# limits, never from what the SDK is told: each request starts, in release order, as early
+# as its release and every limit of the server allow (nginx burst=4 lets 5 pass at once,
+# then one per 25 ms, and limit_conn 4 holds each slot 50 ms; nginx without burst spaces
+# starts 25 ms apart; haproxy admits 40 starts in any 1 s window and queues over 4 in
+# flight). Each limit is a lower bound set by the earlier starts alone, so no client can
+# finish sooner: for 400 steady arrivals 395/40 + 0.05 = 9.925 s, 399 * 0.025 + 0.05 =
+# 10.025 s and 9 + 10 * 0.05 = 9.5 s.
 SERVERS = [
     Server(
         "nginx burst 4 + limit_conn 4",
+        "burst",
         ServerShape(latency=LATENCY, max_concurrent=4, rate=RATE, burst=5),
         {"requests_per_minute": 2400, "burst": 5, "max_concurrent": 4},
         1.03,
@@ -92,16 +115,29 @@ SERVERS = [
         4,
     ),
     Server(
-        "nginx no burst",
+        "nginx no burst (SDK burst 1)",
+        "noburst",
         ServerShape(latency=LATENCY, rate=RATE, burst=1, min_interval=1 / RATE),
-        {"requests_per_minute": 2400, "burst": 1, "min_interval": 0.025},
+        {"requests_per_minute": 2400, "burst": 1},
         1.25,
         RATE,
         [(1, 25)],
         None,
     ),
     Server(
+        "nginx no burst (SDK min_interval)",
+        "noburst",
+        ServerShape(latency=LATENCY, rate=RATE, burst=1, min_interval=1 / RATE),
+        {"min_interval": 0.025},
+        1.25,
+        RATE,
+        [(1, 25)],
+        None,
+        baselines=False,
+    ),
+    Server(
         "haproxy 40 per 1 s + maxconn 4",
+        "haproxy",
         ServerShape(latency=LATENCY, queue_concurrent=4, window=(40, 1.0)),
         {"requests_per_minute": 2340, "burst": 1},
         1.25,
@@ -269,8 +305,8 @@ def run_nginx(binary: str, upstream: int) -> Iterator[dict[str, tuple[str, Statu
                 wait_listening(port, proc)
             log = StatusLog(Path(prefix, "access.log"))
             yield {
-                SERVERS[0].name: (f"http://127.0.0.1:{ports['burst']}/v1", log),
-                SERVERS[1].name: (f"http://127.0.0.1:{ports['noburst']}/v1", log),
+                "burst": (f"http://127.0.0.1:{ports['burst']}/v1", log),
+                "noburst": (f"http://127.0.0.1:{ports['noburst']}/v1", log),
             }
         finally:
             _stop(proc)
@@ -294,7 +330,7 @@ def run_haproxy(binary: str, upstream: int) -> Iterator[dict[str, tuple[str, Sta
             )
             try:
                 wait_listening(port, proc)
-                yield {SERVERS[2].name: (f"http://127.0.0.1:{port}/v1", StatusLog(log_path))}
+                yield {"haproxy": (f"http://127.0.0.1:{port}/v1", StatusLog(log_path))}
             finally:
                 _stop(proc)
 
@@ -402,10 +438,11 @@ def sdk_run(url: str, server: Server, release: Sequence[float], budget: float) -
             {"name": "real", "base_url": url, "model": "fake-model", "limits": server.sdk_limits}
         ]
     }
+    timeout = min(BODY_TIMEOUT * 3, budget)  # a call waiting out cooldowns ends with the run
     with Client(config) as client:
 
         def call(i: int) -> None:
-            client.chat(body(i)["messages"], timeout=BODY_TIMEOUT * 3)
+            client.chat(body(i)["messages"], timeout=timeout)
 
         return drive(call, release, budget)
 
@@ -475,19 +512,32 @@ def available_clients() -> dict[str, Callable[[str, Server, Sequence[float], flo
 
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print its tables; returns the exit status (always 0)."""
-    args = parse_args(__doc__.splitlines()[0] if __doc__ else "", argv)
-    quick: bool = args.quick
-    n = 30 if quick else N
-    patterns = ["steady"] if quick else ["steady", "batched", "poisson"]
+    args = parse_args(__doc__.splitlines()[0] if __doc__ else "", argv, with_json=True)
+    with json_output(args.json, {"benchmark": "bench_real_servers"}) as document:
+        run(args.quick, document)
+    return 0
+
+
+def find_binaries() -> dict[str, str | None]:
+    """The nginx and haproxy executables (on PATH or in /usr/sbin), ``None`` when absent."""
     binaries = {"nginx": shutil.which("nginx"), "haproxy": shutil.which("haproxy")}
     for path in ("/usr/sbin/nginx", "/usr/sbin/haproxy"):
         name = os.path.basename(path)
         if binaries[name] is None and os.access(path, os.X_OK):
             binaries[name] = path
+    return binaries
+
+
+def run(quick: bool, document: dict[str, Any]) -> None:
+    """Every server, arrival pattern and client; fills ``document`` with rows and targets."""
+    n = 20 if quick else N
+    patterns = ["steady"] if quick else ["steady", "batched", "poisson"]
+    binaries = find_binaries()
     print(
         f"bench_real_servers  python {sys.version.split()[0]}  "
         f"{'--quick' if quick else 'full'}  n={n}  threads={WORKERS}"
     )
+    document.update(quick=quick, n=n, threads=WORKERS, latency=LATENCY, rows=[], targets=[])
     report = Report("bench_real_servers")
     missing = [name for name, path in binaries.items() if path is None]
     if missing:
@@ -496,10 +546,12 @@ def main(argv: list[str] | None = None) -> int:
         for server in SERVERS:
             report.check(server.name, "not run (server not installed)", "-", False)
         report.print(quick)
-        return 0
-    for name, path in binaries.items():
-        if path is not None:
-            print(f"   {name}: {_version(path)}")
+        document["targets"] = report.as_json()
+        return
+    versions = {name: _version(path) for name, path in binaries.items() if path is not None}
+    for name, version in versions.items():
+        print(f"   {name}: {version}")
+    document["servers"] = versions
     clients = available_clients()
 
     rows: list[tuple[object, ...]] = []
@@ -512,18 +564,19 @@ def main(argv: list[str] | None = None) -> int:
             if binaries["haproxy"]:
                 urls.update(stack.enter_context(run_haproxy(str(binaries["haproxy"]), upstream)))
             for server in SERVERS:
-                if server.name not in urls:
+                if server.endpoint not in urls:
                     report.check(server.name, "not run (server not installed)", "-", False)
                     continue
-                url, log = urls[server.name]
+                url, log = urls[server.endpoint]
+                chosen = clients if server.baselines else {"ratelimit_sdk": sdk_run}
                 for pattern in patterns:
                     release = arrivals(pattern, n, server.mean_rate)
                     optimum = greedy_makespan(server.shape, release)
                     budget = 3 * optimum + 5.0
-                    for client_name, run in clients.items():
+                    for client_name, run_client in chosen.items():
                         time.sleep(1.2)  # the server's bucket or window drains between runs
                         log.mark()
-                        outcome = run(url, server, release, budget)
+                        outcome = run_client(url, server, release, budget)
                         _, refused = log.since_mark()
                         ratio = outcome.makespan / optimum
                         rows.append(
@@ -539,14 +592,29 @@ def main(argv: list[str] | None = None) -> int:
                                 refused,
                             )
                         )
+                        document["rows"].append(
+                            {
+                                "server": server.name,
+                                "sdk_limits": server.sdk_limits,
+                                "arrivals": pattern,
+                                "client": client_name,
+                                "makespan": outcome.makespan,
+                                "elapsed": outcome.elapsed,
+                                "ok": outcome.done,
+                                "n": n,
+                                "optimum": optimum,
+                                "ratio": ratio,
+                                "429s": refused,
+                            }
+                        )
                         print(
-                            f"   {server.name:32} {pattern:8} {client_name:17} "
+                            f"   {server.name:34} {pattern:8} {client_name:17} "
                             f"{ratio:6.3f}x  429s {refused}",
                             flush=True,
                         )
-                        if client_name == "ratelimit_sdk" and pattern == "steady":
+                        if client_name == "ratelimit_sdk":
                             report.check(
-                                f"{server.name}: SDK makespan / optimum, 429s",
+                                f"{server.name}, {pattern}: SDK makespan / optimum, 429s",
                                 f"{ratio:.3f}x, {refused} 429s",
                                 f"<= {server.target:.2f}x, 0 429s",
                                 ratio <= server.target and refused == 0,
@@ -558,7 +626,7 @@ def main(argv: list[str] | None = None) -> int:
         rows,
     )
     report.print(quick)
-    return 0
+    document["targets"] = report.as_json()
 
 
 def _version(path: str) -> str:
@@ -572,5 +640,6 @@ if __name__ == "__main__":
     try:
         sys.exit(main())
     except Exception as exc:  # a benchmark reports, it does not fail the caller
-        print(f"bench_real_servers: stopped early: {type(exc).__name__}: {exc}")
+        out = sys.stderr if "--json" in sys.argv else sys.stdout  # stdout holds the JSON
+        print(f"bench_real_servers: stopped early: {type(exc).__name__}: {exc}", file=out)
         sys.exit(0)

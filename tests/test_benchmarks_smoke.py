@@ -7,6 +7,7 @@ the optimum they compare against is computed right.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import shutil
@@ -43,12 +44,20 @@ def _servers_installed() -> bool:
                 reason="nginx and haproxy not installed (apt-get install -y nginx haproxy)",
             ),
         ),
+        "bench_shapes.py",
+        "bench_uncoordinated.py",
+        "bench_openai_guarded.py",
     ],
 )
 def test_benchmark_runs_quick(script: str) -> None:
-    """The script exits 0 within the time limit and prints a targets table with verdicts."""
+    """The script exits 0 within the time limit and prints a targets table with verdicts.
+
+    The issue 11 scripts also take ``--json``: one JSON document on stdout, the
+    tables on stderr (checked on one of them, to keep the smoke run short).
+    """
+    as_json = script == "bench_openai_guarded.py"
     done = subprocess.run(
-        [sys.executable, str(BENCHMARKS / script), "--quick"],
+        [sys.executable, str(BENCHMARKS / script), "--quick", *(["--json"] if as_json else [])],
         capture_output=True,
         text=True,
         timeout=120,
@@ -56,8 +65,27 @@ def test_benchmark_runs_quick(script: str) -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Traceback" not in done.stderr, done.stderr
-    assert ": targets" in done.stdout
-    assert "PASS" in done.stdout or "MISS" in done.stdout
+    tables = done.stderr if as_json else done.stdout
+    assert "stopped early" not in tables, tables
+    assert ": targets" in tables
+    assert "PASS" in tables or "MISS" in tables
+    if as_json:
+        document = json.loads(done.stdout)
+        assert document["benchmark"] == script.removesuffix(".py")
+        assert document["targets"], document
+        assert all(t["verdict"] in ("PASS", "MISS") for t in document["targets"])
+
+
+def test_greedy_optimum_of_the_new_shapes() -> None:
+    """The optima bench_shapes and bench_openai_guarded compare against."""
+    window = _common.ServerShape(latency=0.05, window=(10, 1.0))
+    assert math.isclose(_common.greedy_makespan(window, [0.0] * 400), 39.05)
+    hidden = _common.ServerShape(latency=0.05, max_concurrent=3)
+    assert math.isclose(_common.greedy_makespan(hidden, [0.0] * 100), 34 * 0.05)
+    drained = _common.ServerShape(latency=0.05, rate=10, burst=1)
+    assert math.isclose(_common.greedy_makespan(drained, [0.0] * 60), 5.9 + 0.05)
+    bucket = _common.ServerShape(latency=0.05, rate=10, burst=3)
+    assert math.isclose(_common.greedy_makespan(bucket, [0.0] * 400), 39.7 + 0.05)
 
 
 def test_optimum_of_the_strict_server_is_the_issues_formula() -> None:
