@@ -36,11 +36,6 @@ from ratelimit_sdk.testing import (
 from ratelimit_sdk.testing.shapes import NGINX_429_BODY
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
-NO_JITTER = (
-    "the SDK's only jitter allowance is one fixed safety_margin (20 ms) per burst: a request "
-    "held up longer than that on a loaded machine (the fake shares the process) reaches the "
-    "server closer than 1/R behind the one before; a measured jitter allowance is not built yet"
-)
 #: A jitter allowance wider than the 20 ms default: the fake shares 2 noisy cores with
 #: the client, and a window limit holds only what arrives within its allowance.
 WINDOW_MARGIN = 0.15
@@ -163,7 +158,6 @@ def test_leaky_bucket_raw_burst_is_refused() -> None:
         assert codes.count(429) >= 1
 
 
-@pytest.mark.xfail(strict=False, reason=NO_JITTER)
 def test_sdk_against_nginx_burst_and_limit_conn(record: Callable[[str, object], None]) -> None:
     """limit_req rate=20r/s burst=2 nodelay + limit_conn 2, 20 ms latency: rpm 1200, burst 3."""
     shapes: list[Shape] = [HiddenConcurrency(2), LeakyBucket(rate=20, burst=2)]
@@ -173,7 +167,6 @@ def test_sdk_against_nginx_burst_and_limit_conn(record: Callable[[str, object], 
         assert fake.max_in_flight_seen <= 2
 
 
-@pytest.mark.xfail(strict=False, reason=NO_JITTER)
 def test_sdk_against_nginx_without_burst(record: Callable[[str, object], None]) -> None:
     """limit_req rate=20r/s (no burst): min_interval 0.05 s, burst 1."""
     with FakeProvider(shapes=[LeakyBucket(rate=20)]) as fake:
@@ -319,7 +312,6 @@ def test_hidden_rate_raw_burst_is_refused() -> None:
         assert codes.count(429) >= 1
 
 
-@pytest.mark.xfail(strict=False, reason=NO_JITTER)
 def test_sdk_against_hidden_rate(record: Callable[[str, object], None]) -> None:
     """A hidden 600/min bucket of 2, and a client told the same: rpm 600, burst 2."""
     with FakeProvider(shapes=[HiddenRate(requests_per_minute=600, burst=2)]) as fake:
