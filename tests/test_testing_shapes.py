@@ -36,9 +36,6 @@ from ratelimit_sdk.testing import (
 from ratelimit_sdk.testing.shapes import NGINX_429_BODY
 
 MESSAGES = [{"role": "user", "content": "hello there"}]
-#: A jitter allowance wider than the 20 ms default: the fake shares 2 noisy cores with
-#: the client, and a window limit holds only what arrives within its allowance.
-WINDOW_MARGIN = 0.15
 
 
 class ManualClock:
@@ -207,7 +204,7 @@ def test_sliding_window_raw_burst_is_refused() -> None:
 def test_sdk_against_sliding_window(record: Callable[[str, object], None]) -> None:
     """3 in any 1 s, and the matching client config: a sliding window of 3 per second."""
     with FakeProvider(shapes=[SlidingWindow(limit=3, seconds=1.0)]) as fake:
-        limits = {"windows": [{"requests": 3, "per": 1}], "safety_margin": WINDOW_MARGIN}
+        limits = {"windows": [{"requests": 3, "per": 1}]}
         assert drive_client(fake, limits, 12, record=record) == 0
 
 
@@ -242,7 +239,6 @@ def test_sdk_against_fixed_window(record: Callable[[str, object], None]) -> None
     with FakeProvider(shapes=[FixedWindow(limit=3, seconds=1.0)]) as fake:
         limits = {
             "windows": [{"requests": 3, "per": 1, "align": "utc"}],
-            "safety_margin": WINDOW_MARGIN,
         }
         assert drive_client(fake, limits, 12, record=record) == 0
 
