@@ -309,3 +309,30 @@ def test_the_transport_marks_each_request_sent_once() -> None:
             MemoryLimiter._mark_sent = original  # type: ignore[method-assign]
             client.close()
     assert marks == [1.0, 1.0, 1.0]
+
+
+def test_a_request_that_leaves_late_leaves_a_sliding_window_late() -> None:
+    clock = FakeClock(start=1000.0)
+    lim = MemoryLimiter(windows=[{"requests": 2, "per": 1}], clock=clock)
+    first = lim.acquire()
+    clock.advance(0.3)  # it left 0.3 s after its admission: far over its 20 ms
+    first.mark_sent()
+    first.release()
+    lim.acquire().release()
+    # the first charge now counts from 0.28 s (its departure less the allowance):
+    # the third waits until 1.28 + 0.02 s, not 1.02 s
+    wait = lim.availability().wait
+    assert wait == pytest.approx(1.0, abs=0.011)
+
+
+def test_a_request_that_leaves_late_across_a_utc_boundary_counts_in_both() -> None:
+    clock = FakeClock(start=1000.0)
+    epoch0 = clock.time()
+    per = 10.0
+    clock.advance(per - (epoch0 % per) - 0.1)  # 0.1 s before a boundary
+    lim = MemoryLimiter(windows=[{"requests": 1, "per": per, "align": "utc"}], clock=clock)
+    permit = lim.acquire()
+    clock.advance(0.3)  # left after the boundary
+    permit.mark_sent()
+    permit.release()
+    assert lim.try_acquire() is None  # the new window has it too

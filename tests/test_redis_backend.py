@@ -630,3 +630,18 @@ def test_a_request_that_leaves_late_paces_every_process_from_its_departure(
     wait = b.time_to_admit()
     # the next token counts from the late departure, 1 s after it (unmarked: 0.78 s left)
     assert wait is not None and 0.9 < wait <= 1.0
+
+
+def test_a_request_that_leaves_late_leaves_a_shared_window_late(
+    make: Callable[..., RedisLimiter],
+) -> None:
+    a = make(windows=[{"requests": 2, "per": 1}])
+    b = make(windows=[{"requests": 2, "per": 1}])
+    first = a.acquire(timeout=5)
+    time.sleep(0.3)  # left 0.3 s after its admission
+    first.mark_sent()
+    first.release()
+    b.acquire(timeout=5).release()
+    wait = b.availability().wait
+    # the first charge counts from its departure: about 1.0 s to wait (unmoved: 0.72)
+    assert wait is not None and 0.85 < wait <= 1.05

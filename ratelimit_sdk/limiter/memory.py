@@ -930,6 +930,9 @@ class MemoryLimiter(Limiter):
             if self._windows:
                 undo = []
                 self._charge_windows(permit, now, undo)
+                allow = self._window_allowance()
+                if allow < permit._allow:
+                    permit._allow = allow
             if pool is not None and isinstance(permit, _PooledPermit):
                 pool._take(permit.pool_units, permit.tokens, now)
                 if pool._windows:
@@ -1151,6 +1154,57 @@ class MemoryLimiter(Limiter):
             bucket = self._bucket
             if bucket is not None:
                 bucket.level -= bucket.rate * over
+            if self._windows and isinstance(permit, _LocalPermit):
+                self._move_windows(permit, now)
+
+    def _move_windows(self, permit: _LocalPermit, departed: float) -> None:
+        """Count a late request's window charges from its departure (lock held).
+
+        A sliding window's charge moves to the slot of ``departed - allowance``
+        (never before the newest slot, so the slots stay in order): it then leaves
+        the window as late as the request may have reached the server. A UTC
+        window's charge is added to any window the departure reaches. Only ever
+        later, never below zero; every new amount is worked out first and stored
+        together (an exception part-way stores them all again).
+        """
+        charged: tuple[tuple[WindowCounter, tuple[int, ...]], ...] = getattr(permit, "_win", ())
+        if not charged:
+            return
+        allowance = self._window_allowance()
+        at, epoch = departed - allowance, self.clock.time() - allowance
+        stores: list[tuple[dict[int, float], int, float]] = []
+        moved: list[tuple[WindowCounter, tuple[int, ...]]] = []
+        for w, idx in charged:
+            amount = permit.tokens if w.spec.kind != "requests" else 1
+            new = w.indexes(at, epoch, allowance)
+            slots = w.slots
+            if not amount or w not in self._windows:
+                moved.append((w, idx))
+            elif w.spec.utc:
+                added = tuple(i for i in new if i not in idx)
+                stores += [(slots, i, slots.get(i, 0.0) + amount) for i in added]
+                moved.append((w, idx + added))
+            else:
+                newest = next(reversed(slots), new[0]) if slots else new[0]
+                target = max(new[0], newest)
+                if target <= idx[0]:
+                    moved.append((w, idx))
+                    continue
+                if idx[0] in slots:
+                    stores.append((slots, idx[0], max(0.0, slots[idx[0]] - amount)))
+                stores.append((slots, target, slots.get(target, 0.0) + amount))
+                moved.append((w, (target,)))
+
+        def store() -> None:
+            for slots, i, value in stores:
+                slots[i] = value
+            permit._win = tuple(moved)
+
+        try:
+            store()
+        except BaseException:
+            store()
+            raise
 
     def _release_from_gc(self, permit: Permit) -> None:
         group = self._group

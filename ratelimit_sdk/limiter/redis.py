@@ -80,7 +80,7 @@ from .base import Limiter, Permit, check_limits, check_pool_units
 from .bucket import DEFAULT_MARGIN
 from .memory import MemoryLimiter
 from .redis_breaker import SharedBreakerCell
-from .redis_leases import Leases
+from .redis_leases import Leases, RedisPermit
 from .redis_scripts import (
     DEFAULT_BACKEND_RETRY,
     DEFAULT_LEASE_TIMEOUT,
@@ -639,13 +639,18 @@ class RedisLimiter(Limiter):
         store = self.store
         if store.use_local():
             return
+        at = getattr(permit, "at", 0)
         try:
             spec = store.side_args()[:2]
-            store.run("sent", [store.keys.cfg, store.keys.st], [int(over * 1e6), *spec])
+            keys = [store.keys.cfg, store.keys.st, store.keys.win]
+            reply = store.run("sent", keys, [int(over * 1e6), at, permit.tokens, *spec])
         except RedisDown as exc:
             store.on_down(exc, "pacing after a late request")
         else:
             store.after_success()
+            moved = text(reply)
+            if moved and isinstance(permit, RedisPermit):
+                permit.at = int(float(moved))  # its settle corrects the slots it is in now
 
     def _release_from_gc(self, permit: Permit) -> None:
         self.leases.release_from_gc(permit)

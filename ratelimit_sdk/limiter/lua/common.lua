@@ -448,7 +448,7 @@ end
 
 -- Take what an admission costs (call ``delay`` first) and record the lease. ``cold``:
 -- the admitting process had nothing come back yet (new connections). Returns the
--- smallest allowance applied to the request bucket or spacing (us; nil: neither).
+-- smallest allowance applied to the request bucket, spacing or windows (us; nil: none).
 local function take(L, lease, units, tokens, now, lease_ttl, cold)
   local c, s = L.cfg, L.st
   local last = now
@@ -476,6 +476,12 @@ local function take(L, lease, units, tokens, now, lease_ttl, cold)
     redis.call('HSET', L.st_key, 'tl', fmt(lvl), 'tt', fmt(stamp))
   end
   charge_windows(L, tokens, now)
+  if #c.windows > 0 then
+    local j = window_allowance(c)
+    if not least or j < least then
+      least = j
+    end
+  end
   redis.call('ZADD', L.leases, fmt(now + lease_ttl), lease .. '|' .. units)
   return least
 end
