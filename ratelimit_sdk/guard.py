@@ -858,9 +858,11 @@ class Guard:
             if learned and verdict.limit == "concurrency":
                 return 0.0, 0.0
             if verdict.limit == "rate" and not verdict.cooldown and self.limiter.paces:
-                # A learned rate was just lowered: the refusal was the rate, not jitter.
-                limiter = self.limiter
-                slot = limiter.snapshot().next_start_in if learned else limiter.report_overrun()
+                # A learned rate: the refusal was the rate (lowered just now, or by an
+                # earlier refusal of the same overshoot), not jitter.
+                limiter, learner = self.limiter, self.learner
+                rate = learned or (learner is not None and learner.learns_rate)
+                slot = limiter.snapshot().next_start_in if rate else limiter.report_overrun()
                 slot = min(max(0.0, slot), MAX_SERVER_WAIT)
                 return slot, slot
             wait = self.backoff.cooldown_for(retry_index, verdict.cooldown)

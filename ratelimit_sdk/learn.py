@@ -223,6 +223,15 @@ class Learner:
             if tokens is not None and self._tpm is not None:
                 self._set("tokens_per_minute", _clamp(tokens[0], *self._tpm))
 
+    @property
+    def learns_rate(self) -> bool:
+        """True while the request rate is learned from refusals (``"auto"``, no header yet).
+
+        A rate refusal is then the rate's lesson, never the jitter allowance's.
+        """
+        rate = self._rate
+        return rate is not None and not rate.declared
+
     def learned(self) -> dict[str, float]:
         """The learned limits in force now (as the limiter reports them)."""
         current = self._target.limits()

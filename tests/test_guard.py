@@ -22,6 +22,7 @@ from fleet_fixtures import (
     wait_until,
 )
 
+from ratelimit_sdk.classify import classify
 from ratelimit_sdk.errors import (
     AcquireTimeout,
     BadRequestError,
@@ -557,3 +558,15 @@ def test_apply_keeps_learned_values(clock: FakeClock) -> None:
     guard.apply(config)
     assert guard.limiter.limits()["requests_per_minute"] == 1200.0
     assert guard.learner is not None
+
+
+def test_every_429_of_a_learned_rate_leaves_the_jitter_allowance_alone(
+    clock: FakeClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refusal that lowers nothing (old news of one overshoot) widens nothing either."""
+    guard = make_guard("p", StubProvider("p"), clock=clock, limits={"requests_per_minute": "auto"})
+    monkeypatch.setattr(guard.limiter, "report_overrun", lambda: pytest.fail("not jitter"))
+    verdict = classify(nginx_429(), now=clock.time())
+    assert verdict.limit == "rate"
+    cooldown, retry_wait = guard._cooldown_for(verdict, 0, learned=False)
+    assert cooldown == retry_wait == pytest.approx(guard.limiter.snapshot().next_start_in)
