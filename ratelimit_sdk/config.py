@@ -366,7 +366,7 @@ class LimitsConfig(_Model):
         description="The jitter allowance, seconds: a request we admit may reach the provider "
         "this much later, and the limits admit so that the provider's own limiter holds for "
         "any such delay. Costs this much once per burst where the burst can absorb it; a "
-        "one-token bucket or a spacing pays at most a tenth of its interval per request. "
+        "one-token bucket or a spacing pays at most a fifth of its interval per request. "
         "Widens by itself when the provider refuses a paced request (0: none).",
     )
     windows: tuple[WindowConfig, ...] = Field(

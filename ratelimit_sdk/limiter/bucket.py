@@ -27,13 +27,9 @@ come off at once, so a burst from a full bucket still goes out whole. Cost:
   ``B`` go at once, the next one waits ``J`` longer than it would).
 * A one-token bucket (``B = 1``) or a spacing (``min_interval``) has no slack to
   absorb ``J``: every request pays it. The allowance applied there is capped at
-  :data:`STEADY_COST` of the interval (``min(J, 0.1 / r)``; 2.5 ms at 40 per
-  second, so at most 1.1x the optimum) and grows only when the server refuses a
-  paced request (:class:`JitterAllowance`). So small a cap holds because most of
-  the delay is measured, not guessed: a request that leaves our process later
-  than its allowance moves the next ones back (``Permit.mark_sent``, called by
-  the transport once the request is written); what the allowance still has to
-  cover is the way from our socket to the server's limiter.
+  :data:`STEADY_COST` of the interval (``min(J, 0.2 / r)``; 5 ms at 40 per
+  second, so at most 1.2x the optimum) and grows only when the server refuses a
+  paced request (:class:`JitterAllowance`).
 """
 
 from __future__ import annotations
@@ -65,7 +61,7 @@ DEFAULT_MARGIN = 0.02
 #: Where a limit has no slack to absorb the allowance (a one-token bucket, a
 #: spacing), the allowance is capped at this fraction of its interval, the most
 #: it may cost per request in a steady stream until the server says otherwise.
-STEADY_COST = 0.1
+STEADY_COST = 0.2
 
 #: A cold admission (the first ones after start-up, or after :data:`IDLE_COLD`
 #: seconds with nothing admitted, before any request has come back) gets this many

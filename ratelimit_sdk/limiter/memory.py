@@ -346,7 +346,7 @@ class MemoryLimiter(Limiter):
     that the provider's own limiter holds whatever that delay is (a bucket within
     ``rate * margin`` of full counts as full). It costs ``margin`` once per burst
     where the burst can absorb it; a one-token bucket or a spacing pays at most a
-    tenth of its interval per request. A cold start (nothing came back yet, or
+    fifth of its interval per request. A cold start (nothing came back yet, or
     idle for 30 s) adds three times the margin to the first burst; a rate-limit
     refusal of a paced request widens it (:meth:`report_overrun`). See
     :mod:`ratelimit_sdk.limiter.bucket`.
