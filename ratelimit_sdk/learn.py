@@ -75,7 +75,7 @@ CONCURRENCY_DECREASE = 0.5
 #: A rate refusal multiplies the learned requests per minute by this.
 RATE_DECREASE = 0.8
 #: Each clean, saturated interval adds this fraction of the rate of the last decrease.
-RATE_INCREASE = 0.015
+RATE_INCREASE = 0.03
 #: Seconds per additive increase of the learned rate.
 INCREASE_EVERY = 1.0
 #: Shortest hold after a rate decrease (seconds) during which refusals lower it no more.

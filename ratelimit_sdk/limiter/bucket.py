@@ -29,7 +29,13 @@ come off at once, so a burst from a full bucket still goes out whole. Cost:
   absorb ``J``: every request pays it. The allowance applied there is capped at
   :data:`STEADY_COST` of the interval (``min(J, 0.2 / r)``; 5 ms at 40 per
   second, so at most 1.2x the optimum) and grows only when the server refuses a
-  paced request (:class:`JitterAllowance`).
+  paced request (:class:`JitterAllowance`). Most of the delay is measured rather
+  than guessed: a request that leaves our process later than its allowance (it
+  waited for the GIL, say) moves the next ones back (``Permit.mark_sent``,
+  called by the transport once the request is written), so the allowance only
+  has to cover the way from our socket to the server's limiter. (A tenth of the
+  interval was not enough for that against nginx on 2 loaded cores: 1-2 429s per
+  400 requests, each widening the allowance for the rest of the run.)
 """
 
 from __future__ import annotations
@@ -147,7 +153,7 @@ class TokenBucket:
     thread-safe: the owner serializes access.
     """
 
-    __slots__ = ("capacity", "level", "rate", "stamp")
+    __slots__ = ("capacity", "level", "rate", "stamp", "top")
 
     def __init__(self, rate: float, capacity: float, now: float) -> None:
         if not (rate > 0 and math.isfinite(rate)):
@@ -158,6 +164,9 @@ class TokenBucket:
         self.capacity = capacity
         self.level = capacity
         self.stamp = now
+        #: The widest allowance (seconds) the bucket absorbs: its slack beyond one token
+        #: plus :data:`STEADY_COST` of its interval (see :meth:`JitterAllowance.for_limit`).
+        self.top = (max(0.0, capacity - 1.0) + STEADY_COST) / rate
 
     def refill(self, now: float) -> None:
         """Add what accrued since the last refill, up to ``capacity``.
@@ -192,7 +201,8 @@ class TokenBucket:
         level is where the server's would be after the late arrival (see the
         module docstring); ``amount`` comes off the level now.
         """
-        self.refill(now)
+        if now > self.stamp:
+            self.refill(now)
         if allowance:
             excess = self.level - (self.capacity - self.rate * allowance)
             if excess > 0:
@@ -223,6 +233,7 @@ class TokenBucket:
         self.rate = rate
         self.capacity = capacity
         self.level = min(self.level, capacity)
+        self.top = (max(0.0, capacity - 1.0) + STEADY_COST) / rate
 
     def copy(self) -> TokenBucket:
         """A bucket in the same state (to reconfigure without touching this one)."""

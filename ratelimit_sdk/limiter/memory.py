@@ -40,7 +40,14 @@ from ..errors import AcquireTimeout, ConfigError, RequestTooLargeError
 from ..models import Availability, LimiterSnapshot
 from ._args import check_cooldown, check_timeout, check_tokens, check_units
 from .base import Limiter, Permit, check_limits, check_pool_units
-from .bucket import DEFAULT_MARGIN, IDLE_COLD, JitterAllowance, TokenBucket
+from .bucket import (
+    COLD_FACTOR,
+    DEFAULT_MARGIN,
+    IDLE_COLD,
+    STEADY_COST,
+    JitterAllowance,
+    TokenBucket,
+)
 
 __all__ = ["MemoryLimiter"]
 
@@ -727,20 +734,25 @@ class MemoryLimiter(Limiter):
         if cold:
             self._warm = False
         self._last_take = now
-        jitter, margin = self._jitter, self._margin
+        # The allowance of each limit (JitterAllowance.for_limit, inlined: the hot path).
+        margin = self._margin * (1.0 + COLD_FACTOR) if cold else self._margin
+        jitter = self._jitter
+        extra = jitter.extra_at(now) if jitter.extra else 0.0
         least = _INF  # the smallest allowance applied, for mark_sent
         if bucket is not None:
-            least = jitter.for_limit(margin, 1.0 / bucket.rate, bucket.slack(), now, cold)
+            top = bucket.top
+            least = (margin if margin < top else top) + extra
             bucket.take(1.0, now, least)
         if interval:
             # The spacing runs from the latest the request may reach the provider.
-            allow = jitter.for_limit(margin, interval, 0.0, now, cold)
+            top = STEADY_COST * interval
+            allow = (margin if margin < top else top) + extra
             self._last_start = now + allow
             if allow < least:
                 least = allow
         if tbucket is not None and tokens:
-            allow = jitter.for_limit(margin, 1.0 / tbucket.rate, tbucket.slack(), now, cold)
-            tbucket.take(tokens, now, allow)
+            top = tbucket.top
+            tbucket.take(tokens, now, (margin if margin < top else top) + extra)
         self._taken_allow = least
 
     def _check_request(self, units: int, tokens: int) -> None:
