@@ -27,10 +27,14 @@ every rule is a small table (see tests/test_learn.py).
 
 - A declared limit (``x-ratelimit-limit-requests|tokens``,
   ``anthropic-ratelimit-requests|tokens-limit``) is adopted as it is, clamped to
-  the bounds. The burst is left as configured (1 by default): OpenAI's bucket
-  holds a whole minute, so pacing at N/60 per second with a burst of 1 never
-  runs ahead of it, and a ``remaining`` count seen once says nothing about the
-  next minute (other clients share the account), so it never widens the burst.
+  the bounds. A configured burst is kept; without one the burst becomes the
+  smallest that absorbs the jitter allowance, ``1 + ceil(rate * margin)`` (2 up
+  to 50 per second): a burst of 1 would pay the allowance on every request
+  (1.2x at 10 per second), and the declared bucket holds a whole minute, so two
+  at once never run ahead of it unless it is nearly empty, which its
+  ``remaining 0`` answers say (a cooldown until the reset). ``remaining`` itself
+  never widens the burst further: one count says nothing about the next minute
+  (other clients share the account).
 - Without headers, the request rate is learned from rate-limit refusals (AIMD,
   as the adaptive token buckets of arXiv 2510.04516): a refusal multiplies the
   rate by ``RATE_DECREASE`` (once per overshoot: a request admitted before the
@@ -167,6 +171,9 @@ class Learner:
             self._rate = _Rate(auto.min_rpm, auto.max_rpm, rpm, reference=rpm, since=now)
         if limits.tokens_per_minute == AUTO:
             self._tpm = (auto.min_tpm, auto.max_tpm)
+        # A declared rate gets the smallest burst that absorbs the jitter allowance (a
+        # burst of 1 pays the allowance on every request), unless one is configured.
+        self._margin = limits.safety_margin if limits.burst is None else None
 
     # -- what the guard feeds ---------------------------------------------------------------
 
@@ -219,6 +226,8 @@ class Learner:
                 rate.declared = True
                 rate.value = _clamp(requests[0], rate.low, rate.high)
                 self._set("requests_per_minute", rate.value)
+                if self._margin is not None:
+                    self._set("burst", 1 + math.ceil(rate.value / 60.0 * self._margin - 1e-9))
             tokens = declared.get("tokens")
             if tokens is not None and self._tpm is not None:
                 self._set("tokens_per_minute", _clamp(tokens[0], *self._tpm))

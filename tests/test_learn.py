@@ -291,7 +291,24 @@ def test_a_memory_limiter_takes_the_learned_values() -> None:
     learner.refused("concurrency", clock.monotonic())
     assert limiter.limits()["max_concurrent"] == 2
     assert limiter.limits()["requests_per_minute"] == 1200.0
-    assert changes == [("requests_per_minute", 6000.0, 1200.0), ("max_concurrent", 4.0, 2.0)]
+    # no burst configured: the smallest that absorbs the 20 ms allowance at 20/s
+    assert limiter.limits()["burst"] == 2
+    assert [c for c in changes if c[0] != "burst"] == [
+        ("requests_per_minute", 6000.0, 1200.0),
+        ("max_concurrent", 4.0, 2.0),
+    ]
+
+
+def test_a_declared_rate_keeps_a_configured_burst() -> None:
+    clock = FakeClock()
+    config = LimitsConfig(requests_per_minute="auto", burst=1)
+    limiter = Limiter(**config.limiter_kwargs(), clock=clock)
+    Learner(limiter, config, clock=clock).observe({"x-ratelimit-limit-requests": "6000"})
+    assert limiter.limits()["burst"] == 1
+    config = LimitsConfig(requests_per_minute="auto")
+    limiter = Limiter(**config.limiter_kwargs(), clock=clock)
+    Learner(limiter, config, clock=clock).observe({"x-ratelimit-limit-requests": "6000"})
+    assert limiter.limits()["burst"] == 1 + 2  # 100/s x 20 ms = 2 tokens of slack
 
 
 # -- configuration -------------------------------------------------------------------------------
