@@ -628,8 +628,8 @@ def test_a_request_that_leaves_late_paces_every_process_from_its_departure(
     permit.mark_sent()
     permit.release()
     wait = b.time_to_admit()
-    # the next token counts from the late departure, 1 s after it (unmarked: 0.78 s left)
-    assert wait is not None and 0.9 < wait <= 1.0
+    # the next token counts from the late departure plus half the (cold) allowance, 0.04 s
+    assert wait is not None and 0.9 < wait <= 1.05
 
 
 def test_a_request_that_leaves_late_leaves_a_shared_window_late(

@@ -255,9 +255,10 @@ class Permit:
         """The request this permit admitted is leaving now (call right after writing it).
 
         The limiter allowed for a delay up to its jitter allowance between the
-        admission and the request reaching the provider; a request that leaves
-        later than that makes the limiter pace the next ones from now, so the
-        provider's limiter still holds. Cheap when on time (no lock); a no-op on a
+        admission and the request reaching the provider; half of it is kept for
+        the way from here to the provider, and a request that leaves later than
+        the other half makes the limiter pace the next ones from now (plus that
+        half), so the provider's limiter still holds. Cheap when on time (no lock); a no-op on a
         limiter that paces nothing, on a released permit, or when called again.
         The ``Client`` calls it for you.
         """

@@ -1148,21 +1148,24 @@ class MemoryLimiter(Limiter):
     def _mark_sent(self, permit: Permit) -> None:
         """The request left ``late`` seconds after its admission: pace from its departure.
 
-        Only when it left later than the allowance its admission assumed: the
-        spacing then runs from now, and the bucket is charged as if the allowance
-        had been the real delay (``rate * (late - allowance)`` tokens more).
+        Half of the allowance its admission assumed is kept for the way from our
+        socket to the provider's limiter; when the request left later than the
+        other half, the spacing runs from its departure plus that half, and the
+        bucket is charged as if the allowance had been the real delay plus it
+        (``rate * (late + allowance / 2 - allowance)`` tokens more).
         """
         now = self.clock.monotonic()
         late = now - permit._at
-        over = late - permit._allow
+        rest = permit._allow * 0.5
+        over = late - rest
         if over <= 0:
             return
         with self._group.lock:
             if permit._allow == _INF:  # marked already (a second request of one permit)
                 return
             permit._allow = _INF
-            if self._interval and now > self._last_start:
-                self._last_start = now
+            if self._interval and now + rest > self._last_start:
+                self._last_start = now + rest
             bucket = self._bucket
             if bucket is not None:
                 bucket.level -= bucket.rate * over

@@ -632,7 +632,8 @@ class RedisLimiter(Limiter):
         One round trip, only for a late request (best effort: an unreachable Redis
         skips it; the allowance then grows on the next refusal instead).
         """
-        over = self.clock.monotonic() - permit._at - permit._allow
+        rest = permit._allow * 0.5  # kept for the way from our socket to the server
+        over = self.clock.monotonic() - permit._at - rest
         if over <= 0:
             return
         permit._allow = math.inf  # once
@@ -643,7 +644,8 @@ class RedisLimiter(Limiter):
         try:
             spec = store.side_args()[:2]
             keys = [store.keys.cfg, store.keys.st, store.keys.win]
-            reply = store.run("sent", keys, [int(over * 1e6), at, permit.tokens, *spec])
+            args = [int(over * 1e6), at, permit.tokens, *spec, int(rest * 1e6)]
+            reply = store.run("sent", keys, args)
         except RedisDown as exc:
             store.on_down(exc, "pacing after a late request")
         else:

@@ -1,22 +1,24 @@
 -- sent: a request left ``over`` us later than its admission's jitter allowance assumed:
--- pace the next requests from its departure (about now): the spacing runs from now,
+-- pace the next requests from its departure (about now): the spacing runs from now + rest,
 -- the request bucket is charged as if the allowance had been the real delay, and the
 -- window charges made at ``at`` count from the departure (a sliding window's charge
 -- moves to the slot of now less the allowance, never before the newest one; a UTC
 -- window's is added to any window the departure reaches).
 --
 -- KEYS: cfg st win
--- ARGV: 1 over (us), 2 admitted at (server us; 0: unknown), 3 tokens, 4 spec, 5 origin
+-- ARGV: 1 over (us), 2 admitted at (server us; 0: unknown), 3 tokens, 4 spec, 5 origin,
+--       6 rest (us: the part of the allowance kept for the way to the server)
 -- Reply: the server time the window charges now count from (us; '' when unchanged)
 
 local now = now_us()
 local over = tonumber(ARGV[1])
 local at = tonumber(ARGV[2])
 local tokens = tonumber(ARGV[3])
+local rest = tonumber(ARGV[6]) or 0
 local c = load_cfg(KEYS[1], ARGV[4], ARGV[5])
 local s = load_state(KEYS[2])
-if c.mi > 0 and (not s.last or s.last < now) then
-  redis.call('HSET', KEYS[2], 'last', fmt(now))
+if c.mi > 0 and (not s.last or s.last < now + rest) then
+  redis.call('HSET', KEYS[2], 'last', fmt(now + rest))
 end
 if c.rpm and over > 0 then
   local rate, cap = req_rate(c)
