@@ -471,7 +471,8 @@ def test_sdk_against_a_sliding_window_server_at_full_speed_gets_no_429() -> None
     """10 in any 1 s on the server; the client says the same: 25 calls, 6 threads, no 429."""
     with FakeProvider(shapes=[SlidingWindow(limit=10, seconds=1.0)]) as fake:
         # A wider jitter allowance than the 20 ms default: the fake shares 2 noisy cores.
-        limits = {"windows": [{"requests": 10, "per": 1}]}
+        # the fake shares this process (and its GIL): a wider allowance, paid once per window
+        limits = {"windows": [{"requests": 10, "per": 1}], "safety_margin": 0.15}
         retry = {"max_retries": 6, "base_delay": 0.05, "max_delay": 1.0}
         config = {"providers": [fake.provider_config(limits=limits, retry=retry)]}
         prompts = [[{"role": "user", "content": f"request {i}"}] for i in range(25)]
