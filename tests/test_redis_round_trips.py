@@ -46,6 +46,12 @@ def wait_until(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
         time.sleep(0.005)
 
 
+def listening(*lims: RedisLimiter) -> None:
+    """Wait until each limiter's listener is subscribed: a change published before that
+    reaches a process with its next admission's reply instead (these tests make none)."""
+    wait_until(lambda: all(lim.line.listening.is_set() for lim in lims))
+
+
 def breaker_for(lim: RedisLimiter, fail_max: int = 2, reset_timeout: float = 30.0) -> Breaker:
     storage = shared_storage(lim.shared_breaker_cell(), lim.key)
     config = BreakerConfig(fail_max=fail_max, reset_timeout=reset_timeout)
@@ -160,6 +166,7 @@ def test_an_opened_breaker_reaches_another_process_without_a_read(
 ) -> None:
     a_lim, b_lim = make(max_concurrent=2), make(max_concurrent=2)
     a, b = breaker_for(a_lim), breaker_for(b_lim)
+    listening(a_lim, b_lim)
     for _ in range(2):
         probe = a.allow()
         assert probe is not None
@@ -175,6 +182,7 @@ def test_an_opened_breaker_reaches_another_process_without_a_read(
 def test_failures_of_two_processes_add_up(make: Callable[..., RedisLimiter]) -> None:
     a_lim, b_lim = make(max_concurrent=2), make(max_concurrent=2)
     a, b = breaker_for(a_lim, fail_max=2), breaker_for(b_lim, fail_max=2)
+    listening(a_lim, b_lim)
     pa, pb = a.allow(), b.allow()
     assert pa is not None and pb is not None
     a.record(BreakerVote.FAILURE, pa, RuntimeError("500"))
@@ -188,6 +196,7 @@ def test_failures_of_two_processes_add_up(make: Callable[..., RedisLimiter]) -> 
 def test_half_open_lets_one_probe_per_process_through(make: Callable[..., RedisLimiter]) -> None:
     lims = [make(max_concurrent=2) for _ in range(2)]
     breakers = [breaker_for(lim, fail_max=1, reset_timeout=0.2) for lim in lims]
+    listening(*lims)
     probe = breakers[0].allow()
     assert probe is not None
     breakers[0].record(BreakerVote.FAILURE, probe, RuntimeError("500"))
@@ -232,6 +241,7 @@ def test_a_reset_and_a_failure_in_one_write_leave_one_failure(
     assert cell.get().failures == 1
     other = make(max_concurrent=1)
     assert other.shared_breaker_cell().get().failures == 1
+    listening(other)
     cell.change(state="open", opened_at=1234.5)
     wait_until(lambda: other.shared_breaker_cell().get().state == "open")
     assert other.shared_breaker_cell().get().opened_at == 1234.5
