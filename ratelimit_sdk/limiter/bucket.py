@@ -53,6 +53,7 @@ __all__ = [
     "STEADY_COST",
     "JitterAllowance",
     "TokenBucket",
+    "limit_top",
 ]
 
 #: Slack for float rounding: a bucket short by less than this counts as full enough.
@@ -88,6 +89,16 @@ HALF_LIFE = 600.0
 
 #: The widest allowance growth can reach, seconds.
 MAX_ALLOWANCE = 1.0
+
+
+def limit_top(interval: float, slack: float) -> float:
+    """The widest margin (seconds) one limit absorbs: its ``slack`` plus :data:`STEADY_COST`.
+
+    ``interval``: seconds per unit of the limit (``1 / rate``, or the spacing);
+    ``slack``: seconds of burst it holds beyond one unit (``(B - 1) / rate``; 0 for
+    a spacing).
+    """
+    return slack + STEADY_COST * interval
 
 
 class JitterAllowance:
@@ -131,7 +142,7 @@ class JitterAllowance:
         grown part is not (the provider asked for it).
         """
         j = margin * (1.0 + COLD_FACTOR) if cold else margin
-        top = slack + STEADY_COST * interval
+        top = limit_top(interval, slack)
         if j > top:
             j = top
         if self.extra:
@@ -166,7 +177,7 @@ class TokenBucket:
         self.stamp = now
         #: The widest allowance (seconds) the bucket absorbs: its slack beyond one token
         #: plus :data:`STEADY_COST` of its interval (see :meth:`JitterAllowance.for_limit`).
-        self.top = (max(0.0, capacity - 1.0) + STEADY_COST) / rate
+        self.top = limit_top(1.0 / rate, max(0.0, capacity - 1.0) / rate)
 
     def refill(self, now: float) -> None:
         """Add what accrued since the last refill, up to ``capacity``.
@@ -211,14 +222,6 @@ class TokenBucket:
                     self.stamp = pause
         self.level -= amount
 
-    def interval(self) -> float:
-        """Seconds per token."""
-        return 1.0 / self.rate
-
-    def slack(self) -> float:
-        """Seconds of burst the bucket holds beyond one token: ``(capacity - 1) / rate``."""
-        return max(0.0, self.capacity - 1.0) / self.rate
-
     def give(self, amount: float) -> None:
         """Return ``amount`` tokens (a refund), never above ``capacity``."""
         self.level = min(self.capacity, self.level + amount)
@@ -233,7 +236,7 @@ class TokenBucket:
         self.rate = rate
         self.capacity = capacity
         self.level = min(self.level, capacity)
-        self.top = (max(0.0, capacity - 1.0) + STEADY_COST) / rate
+        self.top = limit_top(1.0 / rate, max(0.0, capacity - 1.0) / rate)
 
     def copy(self) -> TokenBucket:
         """A bucket in the same state (to reconfigure without touching this one)."""

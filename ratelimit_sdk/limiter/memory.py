@@ -44,9 +44,9 @@ from .bucket import (
     COLD_FACTOR,
     DEFAULT_MARGIN,
     IDLE_COLD,
-    STEADY_COST,
     JitterAllowance,
     TokenBucket,
+    limit_top,
 )
 
 __all__ = ["MemoryLimiter"]
@@ -745,7 +745,7 @@ class MemoryLimiter(Limiter):
             bucket.take(1.0, now, least)
         if interval:
             # The spacing runs from the latest the request may reach the provider.
-            top = STEADY_COST * interval
+            top = limit_top(interval, 0.0)
             allow = (margin if margin < top else top) + extra
             self._last_start = now + allow
             if allow < least:
